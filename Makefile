@@ -1,0 +1,51 @@
+# Every target runs inside tools/env.sh (offline Pulumi, local backend, .toolchain/bin on PATH).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+WITH_ENV := tools/with-env
+PY := .venv/bin/python
+LAB_HOSTS ?= 2
+
+.PHONY: venv toolchain docker lab-up lab-down demo smoke test unit lint bench clean
+
+venv: .venv/.installed
+.venv/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+toolchain:
+	tools/build-toolchain.sh
+
+docker:
+	tools/ensure-docker.sh
+
+lab-up: venv docker
+	$(WITH_ENV) lab/lab up $(LAB_HOSTS)
+
+lab-down:
+	$(WITH_ENV) lab/lab down
+
+# README main command: the lab, then `pulumi up --stack lab` to a working endpoint.
+demo: venv toolchain lab-up
+	$(WITH_ENV) tools/demo.sh
+
+smoke: venv
+	$(WITH_ENV) $(PY) tools/smoke.py
+
+unit: venv
+	$(WITH_ENV) $(PY) -m pytest -q tests/unit
+
+# README test command: every layer (unit, scripts, lab, end-to-end through the real CLI).
+test: venv toolchain docker lint
+	$(WITH_ENV) $(PY) -m pytest -q -rs tests
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+bench: venv toolchain docker
+	$(WITH_ENV) bench/run
+
+clean: lab-down
+	rm -rf .state
