@@ -1,0 +1,74 @@
+"""The one way this program declares an engine container (server, Ray head, Ray worker).
+
+Same image, same weights mount, same GPU/network/IPC settings on every node; only the
+command and environment differ. The API key joins the environment as a Pulumi secret, so the
+container's `envs` are encrypted in state and the key never reaches a command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_docker as docker
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    container_name: str
+    entrypoint: list[str]
+    command: list[str]
+    env: dict[str, str]
+    model_path: str
+    ipc_host: bool = True
+    shm_size_gib: int = 16
+    privileged: bool = False
+    devices: tuple[str, ...] = ()
+    labels: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+def engine_container(
+    resource_name: str,
+    spec: ContainerSpec,
+    image_id: pulumi.Input[str],
+    api_key: pulumi.Input[str] | None,
+    opts: pulumi.ResourceOptions,
+) -> docker.Container:
+    envs: list[pulumi.Input[str]] = [f"{k}={v}" for k, v in sorted(spec.env.items())]
+    if api_key is not None:
+        envs.append(pulumi.Output.secret(pulumi.Output.concat("VLLM_API_KEY=", api_key)))
+    labels = [
+        docker.ContainerLabelArgs(label=k, value=v)
+        for k, v in sorted({"managed-by": "vllm-cluster", **spec.labels}.items())
+    ]
+    return docker.Container(
+        resource_name,
+        name=spec.container_name,
+        image=image_id,
+        entrypoints=spec.entrypoint,
+        command=spec.command,
+        envs=envs,
+        gpus="all",
+        network_mode="host",
+        ipc_mode="host" if spec.ipc_host else None,
+        shm_size=None if spec.ipc_host else spec.shm_size_gib * 1024,
+        privileged=spec.privileged or None,
+        devices=[docker.ContainerDeviceArgs(host_path=d, container_path=d) for d in spec.devices]
+        or None,
+        # Identical absolute path on every node, read-only: the engine never writes weights.
+        volumes=[
+            docker.ContainerVolumeArgs(
+                host_path=spec.model_path, container_path=spec.model_path, read_only=True
+            )
+        ],
+        labels=labels,
+        restart="unless-stopped",
+        must_run=True,
+        # Lets the engine release GPU memory and Ray leave the cluster cleanly.
+        destroy_grace_seconds=30,
+        opts=pulumi.ResourceOptions.merge(
+            opts,
+            # Fixed container names: the old container must go before its replacement starts.
+            pulumi.ResourceOptions(delete_before_replace=True),
+        ),
+    )

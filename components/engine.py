@@ -1,0 +1,207 @@
+"""Pure rendering of what runs inside the engine containers: vLLM's command line, the Ray
+head/worker scripts and each node's environment.
+
+Nothing here touches Pulumi, so every command line the program can produce is testable as
+plain data (tests/unit/test_engine.py) and can be fed to the real vLLM argument parser.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+
+# The manual starts the server this way; `vllm serve` is equivalent on recent versions.
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class EngineLaunch:
+    """Everything vLLM's OpenAI server needs, decided by the settings and the plan."""
+
+    model_path: str
+    served_model_name: str
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    max_model_len: int
+    max_num_seqs: int
+    gpu_memory_utilization: float
+    kv_cache_dtype: str = "auto"
+    trust_remote_code: bool = False
+    port: int = 8000
+    distributed_executor_backend: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    """The addresses and interfaces one node uses for NCCL, GLOO and Ray."""
+
+    address: str
+    socket_ifname: str
+    infiniband_hca: str | None = None
+
+
+@dataclass(frozen=True)
+class RayLayout:
+    """The Ray cluster the head waits for before it serves."""
+
+    head_address: str
+    ray_port: int
+    gpus_per_node: int
+    # name -> address of every node that must be alive, the head included.
+    nodes: dict[str, str] = field(default_factory=dict)
+    join_timeout_s: int = 600
+
+
+def vllm_server_argv(launch: EngineLaunch) -> list[str]:
+    """vLLM's OpenAI API server command line. The API key is never on it: it comes from
+    VLLM_API_KEY in the container environment, so it does not show in `ps` on the host."""
+    argv = [
+        "python3",
+        "-m",
+        VLLM_SERVER_MODULE,
+        "--model",
+        launch.model_path,
+        "--served-model-name",
+        launch.served_model_name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(launch.port),
+        "--tensor-parallel-size",
+        str(launch.tensor_parallel_size),
+        "--pipeline-parallel-size",
+        str(launch.pipeline_parallel_size),
+        "--max-model-len",
+        str(launch.max_model_len),
+        "--max-num-seqs",
+        str(launch.max_num_seqs),
+        "--gpu-memory-utilization",
+        _format_fraction(launch.gpu_memory_utilization),
+        "--kv-cache-dtype",
+        launch.kv_cache_dtype,
+    ]
+    if launch.trust_remote_code:
+        argv.append("--trust-remote-code")
+    if launch.distributed_executor_backend:
+        argv += ["--distributed-executor-backend", launch.distributed_executor_backend]
+    argv += list(launch.extra_args)
+    return argv
+
+
+def node_environment(
+    node: NodeNetwork, extra_env: dict[str, str] | None = None, ray: bool = False
+) -> dict[str, str]:
+    """Environment of an engine container on one node (the API key is added separately,
+    as a secret). Each variable answers one of the recurring multi-node failures."""
+    env = {
+        # Weights are already on disk: never let a worker reach for a hub.
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        # The address this node advertises; wrong NIC on multi-NIC hosts is the classic
+        # "placement group never fills" failure.
+        "VLLM_HOST_IP": node.address,
+        # NCCL/GLOO otherwise may pick loopback or the wrong NIC.
+        "NCCL_SOCKET_IFNAME": node.socket_ifname,
+        "GLOO_SOCKET_IFNAME": node.socket_ifname,
+    }
+    if node.infiniband_hca:
+        env["NCCL_IB_HCA"] = node.infiniband_hca
+    if ray:
+        env["RAY_NODE_IP_ADDRESS"] = node.address
+        # Ray's memory monitor kills workers while a large model is loading; on a dedicated
+        # GPU host the engine, not Ray, owns the memory.
+        env["RAY_memory_monitor_refresh_ms"] = "0"
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(extra_env or {})
+    return env
+
+
+def ray_worker_argv(node: NodeNetwork, layout: RayLayout) -> list[str]:
+    """A worker joins the head and stays in the foreground (the container's main process)."""
+    return [
+        "ray",
+        "start",
+        "--block",
+        f"--address={layout.head_address}:{layout.ray_port}",
+        f"--node-ip-address={node.address}",
+        # Explicit, so the cluster's GPU total is what the plan expects (and so simulated
+        # GPUs in the lab are advertised the same way real ones are).
+        f"--num-gpus={layout.gpus_per_node}",
+        "--disable-usage-stats",
+    ]
+
+
+# Runs inside the head container after `ray start --head`: waits for every expected node to
+# be alive with its GPUs, naming the ones that are missing, before vLLM is started.
+_WAIT_FOR_NODES_PY = """\
+import json, sys, time
+import ray
+
+expected = json.loads(sys.argv[1])
+gpus_needed = int(sys.argv[2])
+timeout = float(sys.argv[3])
+ray.init(address="auto", logging_level="ERROR")
+deadline = time.monotonic() + timeout
+last = None
+while True:
+    alive = {n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")}
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    missing = sorted(name for name, ip in expected.items() if ip not in alive)
+    state = (len(alive), gpus)
+    if state != last:
+        print(f"ray cluster: {len(alive)}/{len(expected)} nodes, {gpus}/{gpus_needed} GPUs",
+              flush=True)
+        last = state
+    if not missing and gpus >= gpus_needed:
+        sys.exit(0)
+    if time.monotonic() > deadline:
+        print("ray cluster incomplete after %ds: missing %s (expected %s); GPUs %d/%d. "
+              "Check that each worker container runs and reaches the head on the Ray port, "
+              "and that its node IP/NIC is right." % (
+                  timeout, ", ".join(f"{n} ({expected[n]})" for n in missing) or "none",
+                  ", ".join(f"{n}={ip}" for n, ip in expected.items()), gpus, gpus_needed),
+              file=sys.stderr, flush=True)
+        sys.exit(1)
+    time.sleep(2)
+"""
+
+
+def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) -> str:
+    """The head container's program: start Ray, wait for the whole cluster, then exec vLLM.
+
+    Serving only after every node joined prevents the server from starting on a partial
+    cluster (a recurring multi-node failure)."""
+    gpus_needed = launch.tensor_parallel_size * launch.pipeline_parallel_size
+    start = [
+        "ray",
+        "start",
+        "--head",
+        f"--port={layout.ray_port}",
+        f"--node-ip-address={node.address}",
+        f"--num-gpus={layout.gpus_per_node}",
+        "--disable-usage-stats",
+    ]
+    wait = [
+        "python3",
+        "-c",
+        _WAIT_FOR_NODES_PY,
+        json.dumps(layout.nodes, sort_keys=True),
+        str(gpus_needed),
+        str(layout.join_timeout_s),
+    ]
+    lines = [
+        "set -euo pipefail",
+        # A restarted container must not find a stale Ray session of its previous run.
+        "ray stop --force >/dev/null 2>&1 || true",
+        shlex.join(start),
+        shlex.join(wait),
+        "exec " + shlex.join(vllm_server_argv(launch)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _format_fraction(value: float) -> str:
+    """0.9 -> '0.9' (not '0.90000001'), so rendered command lines are stable."""
+    return f"{value:.4f}".rstrip("0").rstrip(".")

@@ -1,0 +1,151 @@
+"""GpuHost: one GPU server, checked, prepared and given the engine image.
+
+Children, in order on the host (independent hosts run in parallel):
+  storage (optional) -> docker install (optional) -> preflight -> image load -> RemoteImage.
+Every script is rendered by pure functions (components.host_steps); this module only wires.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_docker as docker
+from pulumi_command import local, remote
+
+from components.ssh import SshTarget
+
+
+@dataclass(frozen=True)
+class HostScripts:
+    """The rendered host steps for one host (None: step not configured)."""
+
+    preflight: str
+    storage: str | None = None
+    docker_install: str | None = None
+    # Runs on the operator machine: streams the image tarball to the host and loads it,
+    # skipped when the host already has the exact image ID.
+    image_load_local: str | None = None
+    # Runs on the host: pulls the image (registry or mirror) when no tarball is used.
+    image_pull: str | None = None
+
+
+@dataclass(frozen=True)
+class GpuHostArgs:
+    ssh: SshTarget
+    # The private key for pulumi-command's in-process SSH client; a Pulumi secret.
+    private_key: pulumi.Input[str]
+    image_name: str
+    scripts: HostScripts
+
+
+def remote_connection(ssh: SshTarget, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:
+    proxy = None
+    if ssh.bastion:
+        proxy = remote.ProxyConnectionArgs(
+            host=ssh.bastion.address,
+            port=ssh.bastion.port,
+            user=ssh.bastion.user,
+            private_key=private_key,
+        )
+    return remote.ConnectionArgs(
+        host=ssh.address,
+        port=ssh.port,
+        user=ssh.user,
+        private_key=private_key,
+        host_key=ssh.host_key,
+        proxy=proxy,
+        per_dial_timeout=ssh.connect_timeout_s,
+        dial_error_limit=3,
+    )
+
+
+class GpuHost(pulumi.ComponentResource):
+    """A host that passed preflight and holds the engine image.
+
+    Outputs: `facts` (what preflight saw, as a dict), `image_id`, and `docker_provider`
+    (the per-host docker provider the serving containers use).
+    """
+
+    facts: pulumi.Output[Any]
+    image_id: pulumi.Output[str]
+    docker_provider: docker.Provider
+    connection: remote.ConnectionArgs
+    ready: list[pulumi.Resource]
+
+    def __init__(
+        self, name: str, args: GpuHostArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("vllm-cluster:index:GpuHost", name, None, opts)
+        self.connection = remote_connection(args.ssh, args.private_key)
+        child = pulumi.ResourceOptions(parent=self)
+        previous: list[pulumi.Resource] = []
+
+        def step(role: str, script: str, stdin: pulumi.Input[str] | None = None) -> remote.Command:
+            cmd = remote.Command(
+                f"{name}-{role}",
+                connection=self.connection,
+                create=script,
+                stdin=stdin,
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=list(previous))
+                ),
+            )
+            previous[:] = [cmd]
+            return cmd
+
+        s = args.scripts
+        if s.storage:
+            step("storage", s.storage)
+        if s.docker_install:
+            step("docker-install", s.docker_install)
+        preflight = step("preflight", s.preflight)
+        self.facts = preflight.stdout.apply(_last_json_line)
+
+        if s.image_load_local:
+            load: pulumi.Resource = local.Command(
+                f"{name}-image-load",
+                create=s.image_load_local,
+                interpreter=["/bin/bash", "-c"],
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=[preflight])
+                ),
+            )
+        elif s.image_pull:
+            load = step("image-pull", s.image_pull)
+        else:
+            raise ValueError(f"host {name}: neither an image tarball nor a pull is configured")
+
+        self.docker_provider = docker.Provider(
+            f"{name}-docker",
+            host=args.ssh.docker_host(),
+            ssh_opts=args.ssh.docker_ssh_opts(),
+            # Lets `pulumi preview` plan hosts it cannot reach yet (a new cluster, or a
+            # laptop outside the lab network); operations still fail clearly on `up`.
+            disable_docker_daemon_check=True,
+            opts=child,
+        )
+        image = docker.RemoteImage(
+            f"{name}-image",
+            name=args.image_name,
+            # The image was loaded from a tarball (or pulled) above; never delete it on
+            # destroy: reloading a multi-GB image is the slowest step of a deployment.
+            keep_locally=True,
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=self.docker_provider, depends_on=[load]
+            ),
+        )
+        self.image_id = image.image_id
+        self.ready = [image, load]
+        self.register_outputs({"facts": self.facts, "image_id": self.image_id})
+
+
+def _last_json_line(stdout: str) -> Any:
+    """Preflight prints its facts as one JSON line last; anything before it is progress."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    return {}

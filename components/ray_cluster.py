@@ -1,0 +1,139 @@
+"""RayVllmCluster: one engine container per node; the head serves once Ray is complete.
+
+The head starts Ray, waits until every configured node is alive with its GPUs (naming the
+nodes that did not join), then runs vLLM with the Ray backend. Workers run `ray start
+--block` against the head. Workers carry the head container's ID as a label, so replacing the
+head (any serving change) replaces the workers too instead of leaving them attached to a
+dead Ray head until Ray's reconnect timeout expires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.containers import ContainerSpec, engine_container
+from components.engine import (
+    EngineLaunch,
+    NodeNetwork,
+    RayLayout,
+    node_environment,
+    ray_head_script,
+    ray_worker_argv,
+)
+from components.gpu_host import GpuHost
+from components.readiness import ReadinessGate
+from components.vllm_service import readiness_gate
+
+HEAD_CONTAINER = "vllm-ray-head"
+WORKER_CONTAINER = "vllm-ray-worker"
+
+
+@dataclass(frozen=True)
+class RayNode:
+    name: str
+    host: GpuHost
+    node: NodeNetwork
+
+
+@dataclass(frozen=True)
+class RayVllmClusterArgs:
+    head: RayNode
+    workers: tuple[RayNode, ...]
+    launch: EngineLaunch
+    layout: RayLayout
+    api_key: pulumi.Input[str]
+    ready_timeout_s: int
+    extra_env: dict[str, str]
+    ipc_host: bool = True
+    shm_size_gib: int = 16
+    privileged: bool = False
+    devices: tuple[str, ...] = ()
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+
+class RayVllmCluster(pulumi.ComponentResource):
+    """Outputs: `endpoint` on the head once a chat completion has answered."""
+
+    endpoint: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: RayVllmClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("vllm-cluster:index:RayVllmCluster", name, None, opts)
+
+        def spec(
+            node: RayNode,
+            container: str,
+            entrypoint: list[str],
+            command: list[str],
+            labels: dict[str, pulumi.Input[str]],
+        ) -> ContainerSpec:
+            return ContainerSpec(
+                container_name=container,
+                entrypoint=entrypoint,
+                command=command,
+                env=node_environment(node.node, args.extra_env, ray=True),
+                model_path=args.launch.model_path,
+                ipc_host=args.ipc_host,
+                shm_size_gib=args.shm_size_gib,
+                privileged=args.privileged,
+                devices=args.devices,
+                labels=labels,
+            )
+
+        every_host_ready = [r for n in (args.head, *args.workers) for r in n.host.ready]
+        head = engine_container(
+            f"{name}-head",
+            spec(
+                args.head,
+                HEAD_CONTAINER,
+                ["bash"],
+                ["-c", ray_head_script(args.head.node, args.layout, args.launch)],
+                {"vllm-cluster.role": "ray-head"},
+            ),
+            args.head.host.image_id,
+            args.api_key,
+            pulumi.ResourceOptions(
+                parent=self,
+                provider=args.head.host.docker_provider,
+                depends_on=[*every_host_ready, *args.depends_on],
+            ),
+        )
+        worker_argv = {w.name: ray_worker_argv(w.node, args.layout) for w in args.workers}
+        workers = [
+            engine_container(
+                f"{name}-worker-{w.name}",
+                spec(
+                    w,
+                    WORKER_CONTAINER,
+                    worker_argv[w.name][:1],
+                    worker_argv[w.name][1:],
+                    {"vllm-cluster.role": "ray-worker", "vllm-cluster.head": head.id},
+                ),
+                w.host.image_id,
+                None,  # workers never serve HTTP, so they never hold the API key
+                pulumi.ResourceOptions(
+                    parent=self, provider=w.host.docker_provider, depends_on=[head]
+                ),
+            )
+            for w in args.workers
+        ]
+        gate = readiness_gate(
+            f"{name}-ready",
+            args.head.host,
+            ReadinessGate(
+                container=HEAD_CONTAINER,
+                port=args.launch.port,
+                served_model_name=args.launch.served_model_name,
+                timeout_s=args.ready_timeout_s,
+            ),
+            args.api_key,
+            head,
+            pulumi.ResourceOptions(parent=self, depends_on=workers),
+        )
+        self.endpoint = gate.stdout.apply(
+            lambda _: f"http://{args.layout.head_address}:{args.launch.port}/v1"
+        )
+        self.register_outputs({"endpoint": self.endpoint})

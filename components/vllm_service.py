@@ -1,0 +1,97 @@
+"""VllmService: the OpenAI API server on one node, gated on real readiness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_command import remote
+
+from components.containers import ContainerSpec, engine_container
+from components.engine import EngineLaunch, NodeNetwork, node_environment, vllm_server_argv
+from components.gpu_host import GpuHost
+from components.readiness import ReadinessGate, readiness_script
+
+SERVER_CONTAINER = "vllm-server"
+
+
+@dataclass(frozen=True)
+class VllmServiceArgs:
+    host: GpuHost
+    address: str
+    node: NodeNetwork
+    launch: EngineLaunch
+    api_key: pulumi.Input[str]
+    ready_timeout_s: int
+    extra_env: dict[str, str]
+    ipc_host: bool = True
+    shm_size_gib: int = 16
+    depends_on: tuple[pulumi.Resource, ...] = ()
+
+
+class VllmService(pulumi.ComponentResource):
+    """Outputs: `endpoint` (http://<host>:<port>/v1) once a chat completion has answered."""
+
+    endpoint: pulumi.Output[str]
+    container_id: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: VllmServiceArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("vllm-cluster:index:VllmService", name, None, opts)
+        argv = vllm_server_argv(args.launch)
+        spec = ContainerSpec(
+            container_name=SERVER_CONTAINER,
+            entrypoint=argv[:1],
+            command=argv[1:],
+            env=node_environment(args.node, args.extra_env),
+            model_path=args.launch.model_path,
+            ipc_host=args.ipc_host,
+            shm_size_gib=args.shm_size_gib,
+        )
+        container = engine_container(
+            f"{name}-server",
+            spec,
+            args.host.image_id,
+            args.api_key,
+            pulumi.ResourceOptions(
+                parent=self,
+                provider=args.host.docker_provider,
+                depends_on=[*args.host.ready, *args.depends_on],
+            ),
+        )
+        gate = readiness_gate(
+            f"{name}-ready",
+            args.host,
+            ReadinessGate(
+                container=SERVER_CONTAINER,
+                port=args.launch.port,
+                served_model_name=args.launch.served_model_name,
+                timeout_s=args.ready_timeout_s,
+            ),
+            args.api_key,
+            container,
+            pulumi.ResourceOptions(parent=self),
+        )
+        self.container_id = container.id
+        self.endpoint = gate.stdout.apply(lambda _: f"http://{args.address}:{args.launch.port}/v1")
+        self.register_outputs({"endpoint": self.endpoint})
+
+
+def readiness_gate(
+    resource_name: str,
+    host: GpuHost,
+    gate: ReadinessGate,
+    api_key: pulumi.Input[str],
+    container: pulumi.Resource,
+    opts: pulumi.ResourceOptions,
+) -> remote.Command:
+    """Runs on the serving host each time the serving container is (re)created."""
+    return remote.Command(
+        resource_name,
+        connection=host.connection,
+        create=readiness_script(gate),
+        stdin=pulumi.Output.secret(api_key),
+        triggers=[container.id],  # type: ignore[attr-defined]
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[container])),
+    )
