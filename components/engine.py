@@ -168,13 +168,8 @@ while True:
 """
 
 
-def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) -> str:
-    """The head container's program: start Ray, wait for the whole cluster, then exec vLLM.
-
-    Serving only after every node joined prevents the server from starting on a partial
-    cluster (a recurring multi-node failure)."""
-    gpus_needed = launch.tensor_parallel_size * launch.pipeline_parallel_size
-    start = [
+def ray_head_start_argv(node: NodeNetwork, layout: RayLayout) -> list[str]:
+    return [
         "ray",
         "start",
         "--head",
@@ -183,7 +178,12 @@ def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) 
         f"--num-gpus={layout.gpus_per_node}",
         "--disable-usage-stats",
     ]
-    wait = [
+
+
+def ray_wait_argv(layout: RayLayout, launch: EngineLaunch) -> list[str]:
+    """Waits for every node of `layout` and TP x PP GPUs; exits 1 naming the missing nodes."""
+    gpus_needed = launch.tensor_parallel_size * launch.pipeline_parallel_size
+    return [
         "python3",
         "-c",
         _WAIT_FOR_NODES_PY,
@@ -191,12 +191,19 @@ def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) 
         str(gpus_needed),
         str(layout.join_timeout_s),
     ]
+
+
+def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) -> str:
+    """The head container's program: start Ray, wait for the whole cluster, then exec vLLM.
+
+    Serving only after every node joined prevents the server from starting on a partial
+    cluster (a recurring multi-node failure)."""
     lines = [
         "set -euo pipefail",
         # A restarted container must not find a stale Ray session of its previous run.
         "ray stop --force >/dev/null 2>&1 || true",
-        shlex.join(start),
-        shlex.join(wait),
+        shlex.join(ray_head_start_argv(node, layout)),
+        shlex.join(ray_wait_argv(layout, launch)),
         "exec " + shlex.join(vllm_server_argv(launch)),
     ]
     return "\n".join(lines) + "\n"
