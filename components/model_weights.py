@@ -1,0 +1,111 @@
+"""ModelWeights: identical weights at the identical absolute path on every serving node.
+
+Per host: a RemoteCheck (re-verifies the weights on every preview/up, so a file removed by
+hand is noticed) and a fetch command that runs when the host is new, when the fetch recipe
+changes, or when the check failed. With fan-out the head fetches first (from the hub or the
+operator machine) and the other hosts copy from the head over the LAN.
+Weights are kept on `pulumi destroy` unless `model.keep_on_destroy` is false.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_command import local, remote
+
+from components.gpu_host import GpuHost
+from components.remote_check import RemoteCheck
+from components.ssh import SshTarget
+
+
+@dataclass(frozen=True)
+class WeightsTarget:
+    """The weights steps of one host, rendered (components.host_steps)."""
+
+    name: str
+    host: GpuHost
+    ssh: SshTarget
+    # Read-only: exits 0 when the weights at the path are complete.
+    verify_script: str
+    # Exactly one of these fetches the weights: run on the operator machine (rsync push)...
+    fetch_local: str | None = None
+    # ...or on the host (hub download, or a copy from the head over the LAN).
+    fetch_remote: str | None = None
+    fetch_stdin: pulumi.Input[str] | None = None
+    # Only when model.keep_on_destroy is false: removes exactly the model directory.
+    delete_remote: str | None = None
+    # Fan-out: this host copies from the head, so it waits for the head's copy.
+    after_head: bool = False
+
+
+class ModelWeights(pulumi.ComponentResource):
+    """Outputs: `path`; `ready` lists the resources that the serving containers wait for."""
+
+    path: str
+    ready: list[pulumi.Resource]
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        targets: list[WeightsTarget],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("vllm-cluster:index:ModelWeights", name, None, opts)
+        self.path = path
+        self.ready = []
+        head_fetch: pulumi.Resource | None = None
+        for target in targets:
+            check = RemoteCheck(
+                f"{name}-{target.name}-check",
+                label=f"{target.name}:{path}",
+                ssh_argv=target.ssh.ssh_command(),
+                script=target.verify_script,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*target.host.ready]),
+            )
+            waits: list[pulumi.Resource] = [check, *target.host.ready]
+            if target.after_head and head_fetch is not None:
+                waits.append(head_fetch)
+            child = pulumi.ResourceOptions(parent=self, depends_on=waits)
+            fetch: pulumi.Resource
+            if target.fetch_local is not None:
+                verify_over_ssh = (
+                    shlex.join([*target.ssh.ssh_command(), "bash", "-s"])
+                    + " <<'VLLM_CLUSTER_VERIFY'\n"
+                    + target.verify_script
+                    + "\nVLLM_CLUSTER_VERIFY\n"
+                )
+                fetch = local.Command(
+                    f"{name}-{target.name}-fetch",
+                    create=target.fetch_local + "\n" + verify_over_ssh,
+                    interpreter=["/bin/bash", "-c"],
+                    triggers=[check.generation],
+                    opts=child,
+                )
+            elif target.fetch_remote is not None:
+                fetch = remote.Command(
+                    f"{name}-{target.name}-fetch",
+                    connection=target.host.connection,
+                    create=target.fetch_remote + "\n" + target.verify_script,
+                    stdin=target.fetch_stdin,
+                    triggers=[check.generation],
+                    opts=child,
+                )
+            else:
+                raise ValueError(f"weights on {target.name}: no fetch step rendered")
+            if target.delete_remote:
+                # Its own resource, never replaced by the check's triggers: a replaced fetch
+                # runs its delete after the new copy exists, which must not remove weights.
+                remote.Command(
+                    f"{name}-{target.name}-remove",
+                    connection=target.host.connection,
+                    create="true",
+                    delete=target.delete_remote,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[fetch]),
+                )
+            if head_fetch is None:
+                head_fetch = fetch
+            self.ready.append(fetch)
+        self.register_outputs({"path": path})
