@@ -1,0 +1,57 @@
+"""Pulumi mocks that record every resource the program declares (for wiring tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_VALUE
+
+
+def reveal(value: Any) -> Any:
+    """The plain value of a (possibly secret-wrapped) mock input."""
+    return value["value"] if is_secret(value) else value
+
+
+@dataclass
+class Recorded:
+    type_: str
+    name: str
+    inputs: dict[str, Any]
+    provider: str | None
+
+
+@dataclass
+class RecordingMocks(pulumi.runtime.Mocks):
+    resources: list[Recorded] = field(default_factory=list)
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.resources.append(Recorded(args.typ, args.name, dict(args.inputs), args.provider))
+        outputs = dict(args.inputs)
+        if args.typ == "docker:index/remoteImage:RemoteImage":
+            outputs["imageId"] = f"sha256:{args.name}"
+        if args.typ in ("command:remote:Command", "command:local:Command"):
+            outputs.setdefault("stdout", "{}")
+        if args.typ == "pulumi-python:dynamic:Resource":
+            outputs["generation"] = 1
+        return f"{args.name}-id", outputs
+
+    def call(
+        self, args: pulumi.runtime.MockCallArgs
+    ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        return {}, []
+
+    def of_type(self, type_: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type_ == type_]
+
+    def named(self, name: str) -> Recorded:
+        matches = [r for r in self.resources if r.name == name]
+        assert len(matches) == 1, f"{name}: {[r.name for r in self.resources]}"
+        return matches[0]

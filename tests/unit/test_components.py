@@ -1,0 +1,211 @@
+"""Wiring of GpuHost, ModelWeights, VllmService and RayVllmCluster under Pulumi mocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pulumi
+import pytest
+
+from components.engine import EngineLaunch, NodeNetwork, RayLayout
+from components.gpu_host import GpuHost, GpuHostArgs, HostScripts
+from components.model_weights import ModelWeights, WeightsTarget
+from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
+from components.ssh import SshTarget
+from components.vllm_service import VllmService, VllmServiceArgs
+from tests.unit.pulumi_mocks import RecordingMocks, is_secret, reveal
+
+CONTAINER = "docker:index/container:Container"
+
+
+@pytest.fixture
+def mocks() -> Iterator[RecordingMocks]:
+    m = RecordingMocks()
+    pulumi.runtime.set_mocks(m, preview=False)
+    yield m
+
+
+def ssh(address: str) -> SshTarget:
+    return SshTarget(address, "root", 22, "/keys/id", "/keys/known_hosts", "ssh-ed25519 AAAA")
+
+
+def host(name: str, address: str) -> GpuHost:
+    return GpuHost(
+        name,
+        GpuHostArgs(
+            ssh=ssh(address),
+            private_key=pulumi.Output.secret("PRIVATE KEY"),
+            image_name="vllm/vllm-openai:v0.8.5",
+            scripts=HostScripts(preflight="echo preflight", image_load_local="echo load"),
+        ),
+    )
+
+
+def launch(tp: int, pp: int) -> EngineLaunch:
+    return EngineLaunch(
+        model_path="/data/m",
+        served_model_name="m",
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        max_model_len=2048,
+        max_num_seqs=8,
+        gpu_memory_utilization=0.9,
+        distributed_executor_backend="ray" if pp > 1 else None,
+    )
+
+
+def settle(*outputs: Any) -> pulumi.Output[Any]:
+    return pulumi.Output.all(*outputs)
+
+
+@pulumi.runtime.test
+def test_single_node_service_container_and_gate(mocks: RecordingMocks) -> Any:
+    h = host("h1", "10.0.0.1")
+    svc = VllmService(
+        "svc",
+        VllmServiceArgs(
+            host=h,
+            address="10.0.0.1",
+            node=NodeNetwork("10.0.0.1", "eth0"),
+            launch=launch(2, 1),
+            api_key=pulumi.Output.secret("sk-test"),
+            ready_timeout_s=300,
+            extra_env={},
+        ),
+    )
+
+    def check(args: list[Any]) -> None:
+        endpoint = args[0]
+        assert endpoint == "http://10.0.0.1:8000/v1"
+        (container,) = mocks.of_type(CONTAINER)
+        i = container.inputs
+        assert i["name"] == "vllm-server"
+        assert i["gpus"] == "all"
+        assert i["networkMode"] == "host"
+        assert i["ipcMode"] == "host"
+        assert i["restart"] == "unless-stopped"
+        assert i["volumes"] == [
+            {"hostPath": "/data/m", "containerPath": "/data/m", "readOnly": True}
+        ]
+        assert is_secret(i["envs"]), "envs hold the API key: they must be a secret"
+        assert "VLLM_API_KEY=sk-test" in reveal(i["envs"])
+        assert "HF_HUB_OFFLINE=1" in reveal(i["envs"])
+        assert not any("sk-test" in a for a in i["command"] + i["entrypoints"])
+        assert container.provider and "h1-docker" in container.provider
+        gate = mocks.named("svc-ready")
+        assert is_secret(gate.inputs["stdin"])
+        assert reveal(gate.inputs["stdin"]) == "sk-test"
+        assert "sk-test" not in gate.inputs["create"]
+        assert gate.inputs["triggers"] == ["svc-server-id"]
+
+    return settle(svc.endpoint).apply(check)
+
+
+@pulumi.runtime.test
+def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
+    h1, h2, h3 = host("h1", "10.0.0.1"), host("h2", "10.0.0.2"), host("h3", "10.0.0.3")
+    layout = RayLayout("10.0.0.1", 6379, 4, {"h1": "10.0.0.1", "h2": "10.0.0.2", "h3": "10.0.0.3"})
+    cluster = RayVllmCluster(
+        "ray",
+        RayVllmClusterArgs(
+            head=RayNode("h1", h1, NodeNetwork("10.0.0.1", "eth0")),
+            workers=(
+                RayNode("h2", h2, NodeNetwork("10.0.0.2", "eth0")),
+                RayNode("h3", h3, NodeNetwork("10.0.0.3", "eth0")),
+            ),
+            launch=launch(4, 3),
+            layout=layout,
+            api_key=pulumi.Output.secret("sk-test"),
+            ready_timeout_s=600,
+            extra_env={"X": "1"},
+        ),
+    )
+
+    def check(args: list[Any]) -> None:
+        assert args[0] == "http://10.0.0.1:8000/v1"
+        head = mocks.named("ray-head")
+        workers = [mocks.named("ray-worker-h2"), mocks.named("ray-worker-h3")]
+        assert head.inputs["name"] == "vllm-ray-head"
+        assert head.inputs["entrypoints"] == ["bash"]
+        script = head.inputs["command"][1]
+        assert "ray start --head" in script and "exec python3 -m vllm" in script
+        assert "--distributed-executor-backend ray" in script
+        assert is_secret(head.inputs["envs"])
+        assert "VLLM_API_KEY=sk-test" in reveal(head.inputs["envs"])
+        assert "VLLM_HOST_IP=10.0.0.1" in reveal(head.inputs["envs"])
+        for w, ip, h in zip(workers, ("10.0.0.2", "10.0.0.3"), ("h2", "h3"), strict=True):
+            assert w.inputs["name"] == "vllm-ray-worker"
+            assert f"--node-ip-address={ip}" in w.inputs["command"]
+            assert "--address=10.0.0.1:6379" in w.inputs["command"]
+            assert f"VLLM_HOST_IP={ip}" in w.inputs["envs"]
+            assert not any(e.startswith("VLLM_API_KEY") for e in w.inputs["envs"])
+            labels = {lbl["label"]: lbl["value"] for lbl in w.inputs["labels"]}
+            assert labels["vllm-cluster.head"] == "ray-head-id"
+            assert w.provider and f"{h}-docker" in w.provider
+        assert mocks.named("ray-ready").inputs["triggers"] == ["ray-head-id"]
+
+    return settle(cluster.endpoint).apply(check)
+
+
+def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingMocks) -> None:
+    @pulumi.runtime.test
+    def program() -> Any:
+        h1, h2 = host("h1", "10.0.0.1"), host("h2", "10.0.0.2")
+        weights = ModelWeights(
+            "weights",
+            "/data/m",
+            [
+                WeightsTarget("h1", h1, ssh("10.0.0.1"), "verify", fetch_local="rsync push"),
+                WeightsTarget(
+                    "h2",
+                    h2,
+                    ssh("10.0.0.2"),
+                    "verify",
+                    fetch_remote="pull from head",
+                    delete_remote="remove",
+                    after_head=True,
+                ),
+            ],
+        )
+        return settle(weights.urn)
+
+    program()  # returns once every registration has finished
+    head_fetch = mocks.named("weights-h1-fetch")
+    assert head_fetch.type_ == "command:local:Command"
+    assert head_fetch.inputs["create"].startswith("rsync push")
+    assert "bash -s <<'VLLM_CLUSTER_VERIFY'\nverify" in head_fetch.inputs["create"]
+    assert head_fetch.inputs["triggers"] == [1]  # the check's generation
+    worker_fetch = mocks.named("weights-h2-fetch")
+    assert worker_fetch.type_ == "command:remote:Command"
+    assert worker_fetch.inputs["create"].startswith("pull from head")
+    # A re-fetch replaces the fetch; removal must not ride on it.
+    assert "delete" not in worker_fetch.inputs
+    assert mocks.named("weights-h2-remove").inputs["delete"] == "remove"
+    assert len(mocks.of_type("pulumi-python:dynamic:Resource")) == 2
+
+
+@pulumi.runtime.test
+def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
+    h = GpuHost(
+        "h1",
+        GpuHostArgs(
+            ssh=ssh("10.0.0.1"),
+            private_key=pulumi.Output.secret("PRIVATE KEY"),
+            image_name="img:1",
+            scripts=HostScripts(
+                preflight="pf", storage="st", docker_install="di", image_pull="docker pull"
+            ),
+        ),
+    )
+
+    def check(_: Any) -> None:
+        names = [r.name for r in mocks.of_type("command:remote:Command")]
+        assert names == ["h1-storage", "h1-docker-install", "h1-preflight", "h1-image-pull"]
+        image = mocks.named("h1-image")
+        assert image.inputs["keepLocally"] is True
+        provider = mocks.named("h1-docker")
+        assert provider.inputs["host"] == "ssh://root@10.0.0.1:22"
+        assert "StrictHostKeyChecking=yes" in provider.inputs["sshOpts"]
+
+    return settle(h.image_id).apply(check)
