@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Build the lab's stand-in engine image (LAB TEST FIXTURE: not vLLM) without any registry and
+# save it as $LAB_DIR/images/vllm-standin.tar (image tag vllm-standin:lab).
+#
+#   lab/engine/build.sh            (run through tools/with-env, or with LAB_DIR set)
+#
+# Recipe: a Debian root filesystem made with mmdebstrap (no base image can be pulled here),
+# Ray from PyPI wheels fetched on this machine (containers cannot reach PyPI) installed offline
+# into /opt/venv, and the stand-in package (lab/engine/standin, importable as `vllm`) on top.
+# The recipe hash (this script, the stand-in sources, the Ray version) is recorded beside the
+# tarball in vllm-standin.tar.json; when it matches, nothing is rebuilt (the image is only
+# loaded into the local engine if missing there). Caches live outside the repository, under
+# ${XDG_CACHE_HOME:-~/.cache}/vllm-cluster-lab, so rebuilds after a source change take seconds.
+set -euo pipefail
+# Failures inside $(...) must stop the build too.
+shopt -s inherit_errexit
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="${REPO_ROOT:-$(cd "$here/../.." && pwd)}"
+LAB_DIR="${LAB_DIR:-$REPO_ROOT/.lab}"
+CACHE_DIR="${VLLM_LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vllm-cluster-lab}"
+
+RAY_VERSION="2.60.0"
+# Debian 12's python3 is 3.11: the wheels below are fetched for exactly that interpreter.
+SUITE="bookworm"
+PY_VERSION="3.11"
+PACKAGES="python3,python3-venv,ca-certificates,procps,iproute2,curl"
+TAG="vllm-standin:lab"
+OUT="$LAB_DIR/images/vllm-standin.tar"
+META="$OUT.json"
+VENV_PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+log() { printf '[engine-build %4ss] %s\n' "$SECONDS" "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+
+host_python() {
+  if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then
+    echo "$REPO_ROOT/.venv/bin/python"
+  else
+    command -v python3
+  fi
+}
+PY="$(host_python)"
+
+json_field() { # json_field FILE KEY -> value or empty
+  "$PY" -c 'import json,sys
+try: print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))
+except (OSError, ValueError): print("")' "$1" "$2"
+}
+
+recipe_hash() {
+  # Relative paths and contents of every source file, this script, and the pinned versions.
+  {
+    echo "ray=$RAY_VERSION suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
+    (
+      cd "$here"
+      find build.sh standin -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+        ! -path '*.egg-info/*' ! -path 'standin/build/*' -print0 |
+        LC_ALL=C sort -z | xargs -0 sha256sum
+    )
+  } | sha256sum | cut -c1-64
+}
+
+# Debian's mirror, read from this machine's apt sources at run time (never written down in the
+# repository): the URI of the first deb822 stanza that serves a plain (non -security) suite.
+debian_mirror() {
+  "$PY" - <<'EOF'
+import glob, sys
+for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+    for stanza in open(path).read().split("\n\n"):
+        fields = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line:
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.split()
+        suites = fields.get("suites", [])
+        if "deb" in fields.get("types", []) and any("-" not in s for s in suites):
+            for uri in fields.get("uris", []):
+                if "security" not in uri:
+                    print(uri)
+                    sys.exit(0)
+for line in open("/etc/apt/sources.list") if glob.glob("/etc/apt/sources.list") else []:
+    parts = line.split()
+    if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
+        print(parts[1] if not parts[1].startswith("[") else parts[2])
+        sys.exit(0)
+sys.exit("no Debian mirror found in /etc/apt/sources.list.d/*.sources")
+EOF
+}
+
+ensure_loaded() { # make sure the local engine has the image recorded in $META
+  local want have
+  want="$(json_field "$META" id)"
+  have="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
+  if [[ -n "$want" && "$have" == "$want" ]]; then
+    return 0
+  fi
+  log "loading $OUT into the local docker engine"
+  docker load -i "$OUT" >/dev/null
+}
+
+build_rootfs() { # -> path of the cached root filesystem tarball
+  local mirror key rootfs tmp
+  mirror="$(debian_mirror)"
+  key="$(printf '%s|%s|%s|minbase|nodocs' "$SUITE" "$PACKAGES" "$mirror" | sha256sum | cut -c1-16)"
+  rootfs="$CACHE_DIR/rootfs/engine-$SUITE-$key.tar"
+  if [[ -s "$rootfs" ]]; then
+    log "root filesystem: cached $rootfs"
+    echo "$rootfs"
+    return 0
+  fi
+  if ! command -v mmdebstrap >/dev/null 2>&1; then
+    log "installing mmdebstrap (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
+  fi
+  mkdir -p "$CACHE_DIR/rootfs"
+  tmp="$CACHE_DIR/rootfs/.engine-$SUITE-$key.$$.tar"
+  log "root filesystem: mmdebstrap $SUITE (minbase: $PACKAGES)"
+  # Only the main suite: the security suite is not served to this machine.
+  mmdebstrap --quiet --format=tar --variant=minbase --include="$PACKAGES" \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    "$SUITE" "$tmp" "deb $mirror $SUITE main" >&2
+  mv "$tmp" "$rootfs"
+  log "root filesystem: $(du -h "$rootfs" | cut -f1) in $rootfs"
+  echo "$rootfs"
+}
+
+fetch_wheels() { # -> directory holding ray and its dependencies for cp311 manylinux x86_64
+  local dir="$CACHE_DIR/wheels/ray-$RAY_VERSION-cp${PY_VERSION/./}"
+  if [[ -f "$dir/.complete" ]]; then
+    log "ray wheels: cached $dir"
+    echo "$dir"
+    return 0
+  fi
+  mkdir -p "$dir"
+  log "ray wheels: pip download ray==$RAY_VERSION for CPython $PY_VERSION"
+  local platforms=(--platform manylinux2014_x86_64)
+  local glibc
+  for glibc in $(seq 17 36); do # Debian 12 has glibc 2.36
+    platforms+=(--platform "manylinux_2_${glibc}_x86_64")
+  done
+  "$PY" -m pip download --quiet --disable-pip-version-check --dest "$dir" \
+    --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
+    "${platforms[@]}" "ray==$RAY_VERSION" >&2
+  touch "$dir/.complete"
+  log "ray wheels: $(du -sh "$dir" | cut -f1), $(find "$dir" -name '*.whl' | wc -l) wheels"
+  echo "$dir"
+}
+
+build_image() { # build_image RECIPE -> image id
+  local recipe="$1" rootfs wheels base stage ctr
+  rootfs="$(build_rootfs)"
+  wheels="$(fetch_wheels)"
+  base="vllm-standin-base:$(basename "$rootfs" .tar | sed 's/^engine-//')"
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    log "docker import $rootfs as $base"
+    docker import --change "ENV PATH=$VENV_PATH" "$rootfs" "$base" >/dev/null
+  fi
+  stage="$(mktemp -d)"
+  ctr="vllm-standin-build-$$"
+  # shellcheck disable=SC2064 # expand now: these names are fixed for this run
+  trap "docker rm -f $ctr >/dev/null 2>&1 || true; rm -rf '$stage'" EXIT
+  tar -C "$here" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
+    --exclude='standin/build' -cf - standin | tar -C "$stage" -xf -
+  # The stand-in's wheel is built here (from a copy, so the source tree gets no build/ or
+  # egg-info), where pip can fetch its build backend; the container installs it offline.
+  log "building the stand-in wheel"
+  "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps \
+    --wheel-dir "$stage/dist" "$stage/standin" >&2
+  log "installing ray==$RAY_VERSION and the stand-in into /opt/venv (offline, --network none)"
+  docker run --pull=never --name "$ctr" --network none \
+    -v "$wheels:/wheels:ro" -v "$stage/dist:/dist:ro" "$base" /bin/sh -euc "
+      python3 -m venv /opt/venv
+      /opt/venv/bin/pip install --quiet --no-index --find-links /wheels 'ray==$RAY_VERSION'
+      /opt/venv/bin/pip install --quiet --no-index --no-deps /dist/*.whl
+      rm -rf /root/.cache
+      /opt/venv/bin/vllm --version
+      /opt/venv/bin/python -c 'import ray; print(\"ray\", ray.__version__)'
+    " >&2
+  docker commit \
+    --change "ENV PATH=$VENV_PATH" \
+    --change 'ENV PYTHONUNBUFFERED=1' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change "LABEL org.vllm-cluster.lab.fixture=\"stand-in engine (not vLLM)\"" \
+    --change "LABEL org.vllm-cluster.lab.recipe=$recipe" \
+    --change 'CMD ["vllm", "--help"]' \
+    "$ctr" "$TAG" >/dev/null
+  docker rm "$ctr" >/dev/null
+  docker image inspect -f '{{.Id}}' "$TAG"
+}
+
+main() {
+  local recipe old_id id tmp size
+  mkdir -p "$LAB_DIR/images"
+  # One build at a time (lab up and a test may both ask for the image).
+  exec 9>"$LAB_DIR/images/.vllm-standin.lock"
+  flock 9
+  recipe="$(recipe_hash)"
+  if [[ -s "$OUT" && -f "$META" && "$(json_field "$META" recipe)" == "$recipe" ]]; then
+    log "up to date: $OUT (recipe ${recipe:0:12})"
+    if docker info >/dev/null 2>&1; then
+      ensure_loaded
+    fi
+    return 0
+  fi
+  docker info >/dev/null 2>&1 || die "no docker engine answers (run tools/ensure-docker.sh)"
+  log "building $TAG (recipe ${recipe:0:12})"
+  old_id="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
+  id="$(build_image "$recipe")"
+  log "docker save $TAG -> $OUT"
+  tmp="$OUT.tmp.$$"
+  docker save -o "$tmp" "$TAG"
+  mv "$tmp" "$OUT"
+  size="$(stat -c %s "$OUT")"
+  "$PY" -c 'import json,sys,time
+json.dump({"tag": sys.argv[1], "id": sys.argv[2], "recipe": sys.argv[3], "ray_version": sys.argv[4],
+           "tarball": sys.argv[5], "size_bytes": int(sys.argv[6]),
+           "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+          open(sys.argv[7], "w"), indent=2)' \
+    "$TAG" "$id" "$recipe" "$RAY_VERSION" "$OUT" "$size" "$META"
+  if [[ -n "$old_id" && "$old_id" != "$id" ]]; then
+    # The previous build is now untagged; drop it unless a container still uses it.
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+  fi
+  log "done: $TAG $id, image $(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}'), tarball $((size / 1000000)) MB"
+}
+
+main "$@"
