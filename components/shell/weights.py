@@ -1,0 +1,262 @@
+"""Model weights on a host: hub download, completeness check, sync from the operator, delete.
+
+The same absolute path holds identical weights on every node. What makes a directory
+"complete" is decided by one piece of code (``_weights_tool.py``): config.json, every shard
+named in the safetensors index, and — when the manifest ``.vllm-cluster-manifest.json`` is
+there — every listed file at its listed size (or sha256).
+
+Secrets: the hub token reaches the host on the command's standard input (or from a 0600
+file already on the host); the script puts it into the CLI's environment (``HF_TOKEN``,
+``MODELSCOPE_API_TOKEN``) — never into a command line, so ``ps`` does not show it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from . import _weights_tool
+from ._common import check_abs_path, fragment, heredoc, q, render
+
+MANIFEST = _weights_tool.MANIFEST
+DOWNLOAD_MARKER = ".vllm-cluster-download.json"
+build_manifest = _weights_tool.build_manifest
+write_manifest = _weights_tool.write_manifest
+verify_dir = _weights_tool.verify_dir
+
+_TOOL_SOURCE = Path(_weights_tool.__file__).read_text(encoding="utf-8")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+
+VerifyMode = Literal["sizes", "sha256"]
+
+
+def _tool_function() -> str:
+    """Bash function ``wtool ARGS...`` that runs the embedded checker with python3."""
+    open_tag, body = heredoc(_TOOL_SOURCE, "VLLM_CLUSTER_WEIGHTS_TOOL")
+    return "\n".join(
+        [
+            "wtool() {",
+            '  command -v python3 >/dev/null 2>&1 || die "python3 not found (needed to check the'
+            ' weights). Fix: install python3"',
+            f'  python3 - "$@" {open_tag}',
+            body.rstrip("\n"),
+            "}",
+        ]
+    )
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in ("sizes", "sha256"):
+        raise ValueError(f"model.verify must be sizes or sha256: {mode!r}")
+    return mode
+
+
+def _check_model_path(path: str) -> str:
+    # Two components at least: /data01/model, never /data01 itself (deletion safety).
+    return check_abs_path(path, "model.path", min_components=2)
+
+
+def weights_verify(
+    host: str, path: str, mode: VerifyMode = "sizes", *, require_manifest: bool = False
+) -> str:
+    """Render the completeness check. Exit 1 listing missing/short files
+    (``verify <host>: missing file X``); on success one JSON line on stdout:
+    ``{"path", "files", "bytes", "manifest", "manifest_sha256"?, "checked"}``."""
+    body = "\n".join(
+        [
+            f"WPATH={q(_check_model_path(path))}",
+            f"MODE={q(_check_mode(mode))}",
+            f"REQUIRE_MANIFEST={1 if require_manifest else 0}",
+            _tool_function(),
+            'log "checking $WPATH ($MODE)"',
+            'args=(verify "$WPATH" --mode "$MODE" --host "$HOST")',
+            '[ "$REQUIRE_MANIFEST" = 0 ] || args+=(--require-manifest)',
+            'wtool "${args[@]}"',
+            'log "complete"',
+        ]
+    )
+    return render(host, "weights", body)
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    host: str
+    source: Literal["modelscope", "huggingface"]
+    model_id: str
+    path: str
+    revision: str | None = None
+    endpoint: str | None = None
+    """Hub mirror: ``HF_ENDPOINT`` (URL) or ``MODELSCOPE_DOMAIN`` for ModelScope."""
+    token: Literal["none", "stdin", "file"] = "none"
+    """``stdin``: the first line of standard input (give the secret as the remote
+    command's ``stdin``); ``file``: read from ``token_file`` on the host (must be 0600)."""
+    token_file: str | None = None
+    verify: VerifyMode = "sizes"
+    manifest_sha256: bool = False
+    """Record sha256 in the manifest written after the download (slow for big models)."""
+    attempts: int = 3
+
+
+def _marker(spec: DownloadSpec) -> str:
+    return json.dumps(
+        {"id": spec.model_id, "revision": spec.revision or "", "source": spec.source},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def weights_download(spec: DownloadSpec) -> str:
+    """Render the hub download: skipped when the marker of this (source, id, revision) is
+    there and the directory verifies; else the hub CLI (resumable) runs, up to ``attempts``
+    times, then the manifest is written, the directory verified and the marker written.
+    Prints the verify JSON line on stdout."""
+    if spec.source not in ("modelscope", "huggingface"):
+        raise ValueError(f"download source must be modelscope or huggingface: {spec.source!r}")
+    if not _MODEL_ID.match(spec.model_id):
+        raise ValueError(f"model.id is not a hub id: {spec.model_id!r}")
+    if spec.revision is not None and not _REVISION.match(spec.revision):
+        raise ValueError(f"model.revision is not a revision: {spec.revision!r}")
+    if spec.endpoint is not None and (any(c.isspace() for c in spec.endpoint) or not spec.endpoint):
+        raise ValueError(f"model.hub_endpoint must be one word: {spec.endpoint!r}")
+    if spec.token not in ("none", "stdin", "file"):
+        raise ValueError(f"token must be none, stdin or file: {spec.token!r}")
+    token_file = ""
+    if spec.token == "file":
+        if not spec.token_file:
+            raise ValueError("token='file' needs token_file")
+        token_file = check_abs_path(spec.token_file, "token_file")
+    if spec.attempts < 1:
+        raise ValueError("attempts must be >= 1")
+    path = _check_model_path(spec.path)
+    lines = [
+        f"SOURCE={q(spec.source)}",
+        f"MODEL_ID={q(spec.model_id)}",
+        f"REVISION={q(spec.revision or '')}",
+        f"WPATH={q(path)}",
+        f"ENDPOINT={q(spec.endpoint or '')}",
+        f"TOKEN_MODE={q(spec.token)}",
+        f"TOKEN_FILE={q(token_file)}",
+        f"MODE={q(_check_mode(spec.verify))}",
+        f"MANIFEST_SHA={1 if spec.manifest_sha256 else 0}",
+        f"ATTEMPTS={int(spec.attempts)}",
+        f"MARKER={q(DOWNLOAD_MARKER)}",
+        f"MARKER_TEXT={q(_marker(spec))}",
+        _tool_function(),
+        fragment("weights_download"),
+    ]
+    return render(spec.host, "weights", "\n".join(lines))
+
+
+def weights_ensure_dir(host: str, path: str) -> str:
+    """``mkdir -p`` of the model path (before an rsync from the operator machine)."""
+    body = (
+        f'WPATH={q(_check_model_path(path))}\nmkdir -p -- "$WPATH"\nlog "directory $WPATH ready"\n'
+    )
+    return render(host, "weights", body)
+
+
+@dataclass(frozen=True)
+class SshEndpoint:
+    """How the operator machine (or a node) reaches a host with OpenSSH."""
+
+    address: str
+    user: str = "root"
+    port: int = 22
+    key_file: str | None = None
+    known_hosts_file: str | None = None
+    """Pinned host keys; required (StrictHostKeyChecking=yes)."""
+    connect_timeout_s: int = 10
+    proxy_jump: str | None = None
+    """Bastion as ``user@host:port`` (``ssh -J``); it is checked against the same
+    known_hosts file."""
+
+
+_SSH_WORD = re.compile(r"^[A-Za-z0-9._:@%\[\]-]+$")
+
+
+def ssh_options(ep: SshEndpoint) -> list[str]:
+    """OpenSSH client options: pinned host keys, no prompts, only the given key."""
+    if not ep.known_hosts_file:
+        raise ValueError(f"{ep.address}: a known_hosts file is required (host keys are pinned)")
+    for word, what in ((ep.address, "address"), (ep.user, "user")):
+        if not _SSH_WORD.match(word) or word.startswith("-"):
+            raise ValueError(f"ssh {what} is not a plain word: {word!r}")
+    if not 0 < ep.port < 65536:
+        raise ValueError(f"ssh port out of range: {ep.port}")
+    opts = [
+        "-p",
+        str(ep.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={ep.known_hosts_file}",
+        "-o",
+        f"ConnectTimeout={int(ep.connect_timeout_s)}",
+        "-o",
+        "ServerAliveInterval=30",
+    ]
+    if ep.key_file:
+        opts[0:0] = ["-i", ep.key_file, "-o", "IdentitiesOnly=yes"]
+    if ep.proxy_jump:
+        if not _SSH_WORD.match(ep.proxy_jump) or ep.proxy_jump.startswith("-"):
+            raise ValueError(f"ssh bastion is not a plain word: {ep.proxy_jump!r}")
+        opts += ["-J", ep.proxy_jump]
+    return opts
+
+
+def _rsync_e_word(word: str) -> str:
+    """Quote one word for rsync's ``-e`` splitter (spaces and quotes, no backslashes)."""
+    if word and all(c.isalnum() or c in "-_./=:@%,+[]~" for c in word):
+        return word
+    if "'" not in word:
+        return f"'{word}'"
+    if '"' not in word:
+        return f'"{word}"'
+    raise ValueError(f"cannot pass {word!r} through rsync -e")
+
+
+def rsync_argv(local_dir: str, dest: SshEndpoint, path: str, *, rsync: str = "rsync") -> list[str]:
+    """The operator-side command (an argv list, run without a shell) that copies a local
+    model directory to ``path`` on a host: archive mode, resumable (``--partial``), one
+    progress line (``--info=progress2``), pinned host key. The destination directory's
+    parent must exist (see :func:`weights_ensure_dir`)."""
+    target = _check_model_path(path)
+    if not local_dir:
+        raise ValueError("model.local_dir is empty")
+    ssh_cmd = " ".join(_rsync_e_word(w) for w in ["ssh", *ssh_options(dest)])
+    host = f"[{dest.address}]" if ":" in dest.address else dest.address
+    return [
+        rsync,
+        "-a",
+        "--partial",
+        "--info=progress2",
+        # Paths reach the remote rsync unmangled by its shell (spaces, quotes).
+        "--protect-args",
+        "-e",
+        ssh_cmd,
+        local_dir.rstrip("/") + "/",
+        f"{dest.user}@{host}:{target}/",
+    ]
+
+
+def weights_delete(host: str, path: str) -> str:
+    """Delete step when ``keep_on_destroy`` is false: removes exactly the model directory.
+
+    Refused (exit 1) unless the real path (symlinks resolved) is an existing directory with
+    at least two components that holds our manifest; ``/``, ``/data`` or a directory we did
+    not fill are never removed. An already absent directory is fine (idempotent).
+    """
+    p = _check_model_path(path)
+    body = "\n".join([f"WPATH={q(p)}", f"MANIFEST={q(MANIFEST)}", fragment("weights_delete")])
+    return render(host, "weights", body)
+
+
+def weights_keep(host: str, path: str) -> str:
+    """Delete step when ``keep_on_destroy`` is true (the default): a logged no-op."""
+    return render(host, "weights", f"log {q(f'keeping the weights at {path}')}\n")

@@ -1,0 +1,187 @@
+"""Quoting, the prelude, remote_command, and hostile values staying inert when run."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import components.shell as shell
+from components.shell._common import check_abs_path, check_name, heredoc, q, render
+
+HOSTILE = 'a\'b; touch {marker}; echo $(touch {marker}) `touch {marker}` "x" \\ $HOME'
+
+
+def run(script: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", script], input=stdin, capture_output=True, text=True, check=False
+    )
+
+
+def test_q_makes_one_inert_word() -> None:
+    value = "a'b; rm -rf / $(x) `y`"
+    assert shlex.split(q(value)) == [value]
+
+
+def test_prelude_first_line_and_log_format() -> None:
+    script = render("h20-1", "storage", 'log "hello"\n')
+    assert script.splitlines()[0] == "set -euo pipefail"
+    proc = run(script)
+    assert proc.returncode == 0
+    assert proc.stderr == "[h20-1] storage: hello\n"
+    assert proc.stdout == ""
+
+
+def test_die_exits_1_with_prefixed_message() -> None:
+    proc = run(render("h", "image", 'die "boom"\necho never\n'))
+    assert proc.returncode == 1
+    assert proc.stderr == "[h] image: error: boom\n"
+    assert "never" not in proc.stdout
+
+
+def test_jstr_escapes_for_json() -> None:
+    import json
+
+    value = 'quote" back\\slash\ttab\nline'
+    proc = run(render("h", "x", f"jstr {q(value)}\n"))
+    assert json.loads(proc.stdout) == value
+
+
+def test_hostile_values_stay_inert_when_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    hostile = HOSTILE.format(marker=marker)
+    scripts: list[Callable[[], str]] = [
+        lambda: shell.storage_delete(hostile, "/dev/sdb", "/data01"),
+        lambda: shell.weights_keep(hostile, "/data01/model"),
+        lambda: shell.image_delete(hostile, "vllm/vllm-openai:v1"),
+        lambda: render("h", "x", f"log {q(hostile)}\n"),
+    ]
+    for make in scripts:
+        proc = run(make())
+        assert proc.returncode == 0, proc.stderr
+        assert hostile in proc.stderr
+    assert not marker.exists()
+
+
+def test_hostile_path_in_verify_stays_inert(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    # No whitespace (refused), but quotes, ';', '$(...)' and ${IFS} tricks.
+    path = f"{tmp_path}/a'b;touch${{IFS}}{marker};$(touch${{IFS}}{marker})"
+    proc = run(shell.weights_verify("h", path))
+    assert proc.returncode == 1
+    assert "does not exist" in proc.stderr
+    assert not marker.exists()
+
+
+def test_remote_command_runs_the_script_through_a_posix_shell() -> None:
+    script = render("h", "x", 'printf \'%s|\' "$HOST" "$STEP"\nread -r secret\necho "$secret"\n')
+    cmd = shell.remote_command(script)
+    assert cmd.startswith("bash -c ")
+    # The remote login shell may be dash: it must parse the quoting.
+    proc = subprocess.run(
+        ["sh", "-c", cmd], input="s3cret\n", capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "h|x|s3cret\n"
+    assert shell.remote_command(script, sudo=True).startswith("sudo -n bash -c ")
+
+
+def test_heredoc_refuses_its_own_tag() -> None:
+    with pytest.raises(ValueError):
+        heredoc("a\nEOF\nb", "EOF")
+    opening, body = heredoc("x = 1", "PY")
+    assert opening == "<<'PY'"
+    assert body == "x = 1\nPY\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("/data01/model", True),
+        ("/data01//model/", True),
+        ("data01", False),
+        ("/data 01", False),
+        ("/a/../b", False),
+        ("/a/./b", False),
+        ("/a\nb", False),
+    ],
+)
+def test_check_abs_path(value: str, ok: bool) -> None:
+    if ok:
+        assert check_abs_path(value, "p") == "/data01/model"
+    else:
+        with pytest.raises(ValueError):
+            check_abs_path(value, "p")
+
+
+def test_check_name() -> None:
+    assert check_name("h20-2", "m") == "h20-2"
+    for bad in ("", "../x", "a b", "-x", "a/b"):
+        with pytest.raises(ValueError):
+            check_name(bad, "m")
+
+
+def _all_scripts() -> dict[str, str]:
+    fs = shell.FanoutSpec("h1", "h2", "10.0.0.1", "/data/m", marker="h2", from_address="10.0.0.2")
+    ep = shell.SshEndpoint("10.0.0.1", key_file="/k", known_hosts_file="/kh")
+    return {
+        "preflight": shell.preflight(
+            shell.PreflightSpec(
+                host="h",
+                weights_path="/data/m",
+                gpus=shell.GpuExpectation(8, "H20", 96),
+                ports=(8000, 6379),
+                own_containers=("a",),
+                required_commands=("python3",),
+            )
+        ),
+        "storage": shell.storage(shell.StorageSpec("h", "/dev/sdb", "/data01")),
+        "storage_delete": shell.storage_delete("h", "/dev/sdb", "/data01"),
+        "docker": shell.docker_install(
+            shell.DockerSpec("h", install=True, registry_mirrors=("https://m.example",))
+        ),
+        "image_load": shell.image_load(shell.ImageLoadSpec("h", "v/v:1", "/srv/x.tar")),
+        "image_pull": shell.image_pull("h", "v/v:1"),
+        "image_check": shell.image_check("h", "v/v:1", "sha256:" + "a" * 64),
+        "image_delete": shell.image_delete("h", "v/v:1"),
+        "download": shell.weights_download(
+            shell.DownloadSpec("h", "huggingface", "org/m", "/data/m", token="stdin")
+        ),
+        "verify": shell.weights_verify("h", "/data/m"),
+        "ensure_dir": shell.weights_ensure_dir("h", "/data/m"),
+        "delete": shell.weights_delete("h", "/data/m"),
+        "keep": shell.weights_keep("h", "/data/m"),
+        "keygen": shell.fanout_keygen(fs),
+        "grant": shell.fanout_grant(fs),
+        "pull": shell.fanout_pull(fs),
+        "revoke": shell.fanout_revoke(fs),
+        "cleanup": shell.fanout_cleanup(fs),
+        "driver": shell.fanout_driver(fs, ep, ep),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_all_scripts()))
+def test_every_script_starts_strict_and_parses(name: str) -> None:
+    script = _all_scripts()[name]
+    assert script.startswith("set -euo pipefail\n")
+    assert script.endswith("\n")
+    proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.parametrize("name", sorted(_all_scripts()))
+def test_shellcheck_warnings(name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.sh"
+    path.write_text(_all_scripts()[name])
+    # SC2034: variables set for a fragment that this particular script does not use.
+    proc = subprocess.run(
+        ["shellcheck", "-s", "bash", "-S", "warning", "-e", "SC2034", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout
