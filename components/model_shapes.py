@@ -1,0 +1,336 @@
+"""Every weight tensor a supported model has, as vLLM shards it, and what it costs in bytes.
+
+One job: from a `ModelConfig`, list the tensors of the embedding, each decoder layer, the
+final norm/lm_head and (checkpoint only) the MTP layers, each tagged with how tensor
+parallelism splits it. From that single inventory come the parameter count, the weight
+bytes per quantization scheme, the weight bytes on each GPU for a TP x PP layout, and the
+TP-legality rules (divisibility, FP8 block and AWQ/GPTQ group alignment).
+
+Sharding follows vLLM's layers:
+- "col"   ColumnParallelLinear/QKV q part/MergedColumn (gate/up): output rows / TP
+- "row"   RowParallelLinear (o_proj, down_proj): input columns / TP
+- "kv"    QKV k/v part: KV heads / TP, but at least one head per GPU (replicated beyond)
+- "vocab" Vocab-parallel embedding / lm_head: vocab padded to 64, split by TP
+- "rep"   Replicated on every TP rank: norms, MoE routers, and MLA's q_a_proj and
+          kv_a_proj_with_mqa (ReplicatedLinear in vLLM's DeepSeek-V2/V3 attention)
+Experts are split like the dense MLP (vLLM's FusedMoE shards the intermediate size by TP
+unless expert parallelism is enabled, which this planner does not assume).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from components.model_config import ModelConfig, Quantization
+
+Shard = Literal["col", "row", "kv", "vocab", "rep"]
+# linear: stored per the quantization scheme; dense: model dtype; fp32: always 4 bytes.
+Kind = Literal["linear", "dense", "fp32"]
+
+# vLLM pads vocabularies to a multiple of 64 before splitting them across TP ranks.
+VOCAB_PADDING = 64
+# Unquantized weights are loaded as bf16/fp16, also for float32 checkpoints.
+LOADED_DTYPE_BYTES = 2
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    rows: int  # output features (vector length for norms and biases)
+    cols: int  # input features (1 for vectors)
+    kind: Kind
+    shard: Shard
+    copies: int = 1  # routed experts share one shape
+    heads: int = 0  # "kv" shard: number of KV heads along `rows`
+    dim_name: str = ""  # config.json field behind the split dimension (for messages)
+
+    @property
+    def params(self) -> int:
+        return self.rows * self.cols * self.copies
+
+    def shape_on_gpu(self, tp: int) -> tuple[int, int]:
+        """(rows, cols) one TP rank holds (ceil for the padded vocabulary)."""
+        if self.shard == "col":
+            return self.rows // tp, self.cols
+        if self.shard == "row":
+            return self.rows, self.cols // tp
+        if self.shard == "kv":
+            per_head = self.rows // self.heads
+            return max(1, self.heads // tp) * per_head, self.cols
+        if self.shard == "vocab":
+            padded = -(-self.rows // VOCAB_PADDING) * VOCAB_PADDING
+            return -(-padded // tp), self.cols
+        return self.rows, self.cols
+
+
+def matrix_bytes(rows: int, cols: int, kind: Kind, quant: Quantization, dense_bytes: int) -> int:
+    """Bytes of one rows x cols tensor (scales, zero points and g_idx included).
+
+    FP8 block: 1 byte per weight + one fp32 scale per block_n x block_k block
+    (`weight_scale_inv`). AWQ/GPTQ: packed weights (bits/8 per weight) + one fp16 scale and
+    one packed zero point per output row and group of `group_size` input columns, + GPTQ's
+    int32 g_idx per input column. Unknown methods are counted as 16-bit: the checkpoint
+    size then calibrates them (sizing.py)."""
+    n = rows * cols
+    if kind == "fp32":
+        return 4 * n
+    if kind == "dense" or quant.method in ("none", "unknown"):
+        return dense_bytes * n
+    if quant.method in ("fp8", "int8"):
+        if quant.block:
+            bn, bk = quant.block
+            return n + math.ceil(rows / bn) * math.ceil(cols / bk) * 4
+        return n + (rows * 4 if quant.per_channel else 4)
+    # awq / gptq
+    bits = quant.weight_bits
+    groups = math.ceil(cols / quant.group_size) if quant.group_size else 1
+    total = n * bits // 8 + groups * rows * 2
+    if quant.has_zeros:
+        total += groups * rows * bits // 8
+    if quant.has_g_idx:
+        total += cols * 4
+    return total
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Tensors by pipeline position. `mtp` is in the checkpoint but not loaded."""
+
+    embed: tuple[Tensor, ...]
+    layers: tuple[tuple[Tensor, ...], ...]
+    head: tuple[Tensor, ...]  # final norm + lm_head (lm_head last)
+    mtp: tuple[Tensor, ...]
+    tied: bool  # lm_head shares the embedding matrix
+
+    def _head(self, pp: int) -> tuple[Tensor, ...]:
+        # Tied embeddings share one matrix when one stage holds both; with PP the last
+        # stage gets its own lm_head (vLLM loads it from the embedding weights).
+        if self.tied and pp == 1:
+            return tuple(t for t in self.head if t.name != "lm_head")
+        return self.head
+
+    def loaded_tensors(self) -> list[Tensor]:
+        out = list(self.embed)
+        for layer in self.layers:
+            out.extend(layer)
+        out.extend(self._head(1))
+        return out
+
+    @property
+    def parameters(self) -> int:
+        """Parameters vLLM loads (MTP layers excluded; a tied lm_head counted once)."""
+        return sum(t.params for t in self.loaded_tensors())
+
+    @property
+    def checkpoint_parameters(self) -> int:
+        return self.parameters + sum(t.params for t in self.mtp)
+
+    def loaded_bytes(self, quant: Quantization) -> int:
+        return sum(
+            matrix_bytes(t.rows, t.cols, t.kind, quant, LOADED_DTYPE_BYTES) * t.copies
+            for t in self.loaded_tensors()
+        )
+
+    def checkpoint_bytes(self, quant: Quantization, dtype_bytes: int) -> int:
+        tensors = self.loaded_tensors() + list(self.mtp)
+        return sum(
+            matrix_bytes(t.rows, t.cols, t.kind, quant, dtype_bytes) * t.copies for t in tensors
+        )
+
+    def gpu_bytes(self, quant: Quantization, tp: int, pp: int, start: int, end: int) -> int:
+        """Weight bytes on one GPU of the pipeline stage holding layers [start, end)."""
+        tensors: list[Tensor] = []
+        if start == 0:
+            tensors.extend(self.embed)
+        for layer in self.layers[start:end]:
+            tensors.extend(layer)
+        if end == len(self.layers):
+            tensors.extend(self._head(pp))
+        total = 0
+        for t in tensors:
+            rows, cols = t.shape_on_gpu(tp)
+            total += matrix_bytes(rows, cols, t.kind, quant, LOADED_DTYPE_BYTES) * t.copies
+        return total
+
+
+def _norm(name: str, size: int) -> Tensor:
+    return Tensor(name, size, 1, "dense", "rep")
+
+
+def _mlp(prefix: str, hidden: int, inter: int, dim_name: str, copies: int = 1) -> list[Tensor]:
+    return [
+        Tensor(f"{prefix}.gate_proj", inter, hidden, "linear", "col", copies, dim_name=dim_name),
+        Tensor(f"{prefix}.up_proj", inter, hidden, "linear", "col", copies, dim_name=dim_name),
+        Tensor(f"{prefix}.down_proj", hidden, inter, "linear", "row", copies, dim_name=dim_name),
+    ]
+
+
+def _gqa_attention(cfg: ModelConfig) -> list[Tensor]:
+    h, d = cfg.hidden_size, cfg.head_dim
+    q_rows, kv_rows = cfg.num_heads * d, cfg.num_kv_heads * d
+    heads, kvh = "num_attention_heads", "num_key_value_heads"
+    out = [
+        Tensor("q_proj", q_rows, h, "linear", "col", dim_name=heads),
+        Tensor("k_proj", kv_rows, h, "linear", "kv", heads=cfg.num_kv_heads, dim_name=kvh),
+        Tensor("v_proj", kv_rows, h, "linear", "kv", heads=cfg.num_kv_heads, dim_name=kvh),
+        Tensor("o_proj", h, q_rows, "linear", "row", dim_name=heads),
+    ]
+    if cfg.qkv_bias:
+        out += [
+            Tensor("q_proj.bias", q_rows, 1, "dense", "col", dim_name=heads),
+            Tensor("k_proj.bias", kv_rows, 1, "dense", "kv", heads=cfg.num_kv_heads, dim_name=kvh),
+            Tensor("v_proj.bias", kv_rows, 1, "dense", "kv", heads=cfg.num_kv_heads, dim_name=kvh),
+        ]
+    if cfg.qk_norm:
+        out += [_norm("q_norm", d), _norm("k_norm", d)]
+    return out
+
+
+def _mla_attention(cfg: ModelConfig) -> list[Tensor]:
+    h, n = cfg.hidden_size, cfg.num_heads
+    qk_head = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+    heads = "num_attention_heads"
+    out: list[Tensor] = []
+    if cfg.q_lora_rank:
+        out += [
+            Tensor("q_a_proj", cfg.q_lora_rank, h, "linear", "rep"),
+            _norm("q_a_layernorm", cfg.q_lora_rank),
+            Tensor("q_b_proj", n * qk_head, cfg.q_lora_rank, "linear", "col", dim_name=heads),
+        ]
+    else:
+        out.append(Tensor("q_proj", n * qk_head, h, "linear", "col", dim_name=heads))
+    out += [
+        Tensor("kv_a_proj_with_mqa", cfg.kv_lora_rank + cfg.qk_rope_head_dim, h, "linear", "rep"),
+        _norm("kv_a_layernorm", cfg.kv_lora_rank),
+        Tensor(
+            "kv_b_proj",
+            n * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+            cfg.kv_lora_rank,
+            "linear",
+            "col",
+            dim_name=heads,
+        ),
+        Tensor("o_proj", h, n * cfg.v_head_dim, "linear", "row", dim_name=heads),
+    ]
+    return out
+
+
+def _moe(cfg: ModelConfig) -> list[Tensor]:
+    h, e = cfg.hidden_size, cfg.num_experts
+    inter_name = "intermediate_size" if cfg.family == "mixtral" else "moe_intermediate_size"
+    out = [Tensor("router", e, h, "dense", "rep")]
+    if cfg.router_bias:
+        out.append(Tensor("router.e_score_correction_bias", e, 1, "fp32", "rep"))
+    out += _mlp("experts", h, cfg.moe_intermediate_size, inter_name, copies=e)
+    if cfg.num_shared_experts:
+        out += _mlp(
+            "shared_experts",
+            h,
+            cfg.moe_intermediate_size * cfg.num_shared_experts,
+            "moe_intermediate_size x n_shared_experts",
+        )
+    return out
+
+
+def _layer(cfg: ModelConfig, index: int) -> tuple[Tensor, ...]:
+    h = cfg.hidden_size
+    attn = _mla_attention(cfg) if cfg.uses_mla else _gqa_attention(cfg)
+    if cfg.is_moe_layer(index):
+        mlp = _moe(cfg)
+    else:
+        mlp = _mlp("mlp", h, cfg.intermediate_size, "intermediate_size")
+    return (_norm("input_layernorm", h), *attn, _norm("post_attention_layernorm", h), *mlp)
+
+
+def build_inventory(cfg: ModelConfig) -> Inventory:
+    """The tensor inventory of a supported family (ValueError for unknown ones)."""
+    if cfg.family is None:
+        raise ValueError(f"architecture {cfg.architecture} is not modelled")
+    h, v = cfg.hidden_size, cfg.vocab_size
+    # Layers of the same kind share one tuple: R1's 58 MoE layers are one object.
+    cache: dict[bool, tuple[Tensor, ...]] = {}
+    layers = []
+    for i in range(cfg.num_layers):
+        moe = cfg.is_moe_layer(i)
+        if moe not in cache:
+            cache[moe] = _layer(cfg, i)
+        layers.append(cache[moe])
+    embed = (Tensor("embed_tokens", v, h, "dense", "vocab"),)
+    head = (_norm("norm", h), Tensor("lm_head", v, h, "dense", "vocab"))
+    mtp: list[Tensor] = []
+    for i in range(cfg.num_mtp_layers):
+        # DeepSeek-V3's MTP module: one full decoder layer plus its own embedding copy,
+        # enorm/hnorm, the 2h -> h eh_proj (unquantized) and a shared head.
+        mtp += list(_layer(cfg, cfg.num_layers + i))
+        mtp += [
+            Tensor("mtp.embed_tokens", v, h, "dense", "vocab"),
+            _norm("mtp.enorm", h),
+            _norm("mtp.hnorm", h),
+            Tensor("mtp.eh_proj", h, 2 * h, "dense", "rep"),
+            _norm("mtp.shared_head.norm", h),
+            Tensor("mtp.shared_head.head", v, h, "dense", "vocab"),
+        ]
+    return Inventory(embed, tuple(layers), head, tuple(mtp), cfg.tie_word_embeddings)
+
+
+def tp_problems(cfg: ModelConfig, tp: int) -> list[str]:
+    """Why vLLM would refuse tensor-parallel size `tp` for this model (empty: legal)."""
+    problems: list[str] = []
+    if tp < 1:
+        return [f"TP {tp} must be at least 1"]
+    if cfg.num_heads % tp:
+        problems.append(f"num_attention_heads {cfg.num_heads} is not divisible by TP {tp}")
+    if not cfg.uses_mla:
+        kv = cfg.num_kv_heads
+        if kv >= tp and kv % tp:
+            problems.append(f"num_key_value_heads {kv} is not divisible by TP {tp}")
+        elif kv < tp and tp % kv:
+            problems.append(
+                f"TP {tp} is not a multiple of num_key_value_heads {kv} "
+                "(vLLM replicates KV heads only in whole copies)"
+            )
+    if cfg.family is None or problems:
+        return problems
+    quant = cfg.quantization
+    # One message per config field: gate/up/down of one MLP share the same reason.
+    seen: set[str] = set()
+    for layer in {id(layer): layer for layer in build_inventory(cfg).layers}.values():
+        for t in layer:
+            if t.shard not in ("col", "row") or t.kind != "linear":
+                continue
+            size = t.rows if t.shard == "col" else t.cols
+            name = t.dim_name or t.name
+            if name in seen:
+                continue
+            msg = _shard_problem(name, size, tp, t.shard, quant)
+            if msg:
+                seen.add(name)
+                problems.append(msg)
+    return problems
+
+
+def _shard_problem(name: str, size: int, tp: int, shard: Shard, quant: Quantization) -> str:
+    if size % tp:
+        return f"{name} {size} is not divisible by TP {tp}"
+    part = size // tp
+    if tp > 1 and quant.method == "fp8" and quant.block:
+        block = quant.block[0] if shard == "col" else quant.block[1]
+        if part % block:
+            return (
+                f"{name} {size} / TP {tp} = {part} is not a multiple of the FP8 block "
+                f"{block} (quantization_config.weight_block_size)"
+            )
+    if (
+        tp > 1
+        and shard == "row"
+        and quant.method in ("awq", "gptq")
+        and quant.group_size
+        and part % quant.group_size
+    ):
+        return (
+            f"{name} {size} / TP {tp} = {part} is not a multiple of the "
+            f"{quant.method.upper()} group_size {quant.group_size}"
+        )
+    return ""

@@ -1,0 +1,951 @@
+"""The stack configuration (namespace `vllm-cluster:`), validated in one place.
+
+`load_settings(raw, secrets_present)` turns the plain config values into a frozen
+`Settings`, or raises `SettingsError` listing *every* problem at once, one line each, named
+by the key path the user writes (`hosts[1].address`, `serving.gpu_memory_utilization`,
+`vllm-cluster:apiKey`) with what is expected and how to fix it. Secret values never enter
+this model: only whether each secret is set.
+
+Field-level rules live on the pydantic models below (pydantic reports all of them in one
+pass); rules that relate several keys (unique hosts, identical GPUs, exactly one SSH key
+source, ...) run over the raw values in `_cross_checks`, so they are reported in the same
+pass even when other fields are broken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import posixpath
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+)
+
+NAMESPACE = "vllm-cluster"
+CONFIG_KEYS = ("hosts", "ssh", "model", "image", "serving", "docker")
+SECRET_KEYS = ("apiKey", "sshPrivateKey", "hubToken")
+HUB_SOURCES = ("modelscope", "huggingface")
+
+# vLLM flags the program sets from other keys; extra_args must not override them.
+_OWNED_FLAGS = {
+    "--model": "model.path",
+    "--served-model-name": "model.served_name",
+    "--host": "(always 0.0.0.0)",
+    "--port": "serving.port",
+    "--tensor-parallel-size": "serving.tensor_parallel_size",
+    "-tp": "serving.tensor_parallel_size",
+    "--pipeline-parallel-size": "serving.pipeline_parallel_size",
+    "-pp": "serving.pipeline_parallel_size",
+    "--max-model-len": "serving.max_model_len",
+    "--max-num-seqs": "serving.max_num_seqs",
+    "--gpu-memory-utilization": "serving.gpu_memory_utilization",
+    "--kv-cache-dtype": "serving.kv_cache_dtype",
+    "--trust-remote-code": "model.trust_remote_code",
+    "--distributed-executor-backend": "(ray for several nodes, set by the program)",
+    "--api-key": "the secret vllm-cluster:apiKey",
+}
+# Environment the program sets per node; extra_env must not override it.
+_OWNED_ENV = {
+    "VLLM_HOST_IP": "hosts[].address",
+    "NCCL_SOCKET_IFNAME": "serving.nccl_socket_ifname (or hosts[].nic)",
+    "GLOO_SOCKET_IFNAME": "serving.gloo_socket_ifname (or hosts[].nic)",
+    "NCCL_IB_HCA": "serving.infiniband.hca",
+    "RAY_NODE_IP_ADDRESS": "hosts[].address",
+}
+_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE_?KEY", re.IGNORECASE)
+# Mount points that would shadow the operating system.
+_SYSTEM_DIRS = {
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+    "/var/lib",
+    "/var/lib/docker",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Field validators (each raises ValueError with the message the user sees)
+
+
+def _host_name(v: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", v):
+        raise ValueError(
+            f"must be lowercase letters, digits and '-' (1-63 chars, no leading/trailing '-'; "
+            f"it names Pulumi resources), got {v!r}"
+        )
+    return v
+
+
+def _address(v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+        return v
+    except ValueError:
+        pass
+    labels = v.rstrip(".").split(".")
+    if (
+        len(v) <= 253
+        and all(
+            re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in labels
+        )
+        and not all(label.isdigit() for label in labels)
+    ):
+        return v
+    raise ValueError(f"must be an IPv4/IPv6 address or a DNS name, got {v!r}")
+
+
+def _unix_user(v: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", v):
+        raise ValueError(f"must be a Unix user name (e.g. root), got {v!r}")
+    return v
+
+
+def _ifname(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", v):
+        raise ValueError(
+            f"must be a network interface name like eth0 or ens1f0 (<= 15 chars), got {v!r}"
+        )
+    return v
+
+
+def _host_key(v: str) -> str:
+    if not re.fullmatch(
+        r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+        r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( \S.*)?",
+        v.strip(),
+    ):
+        raise ValueError(
+            "must be an OpenSSH public host key line like 'ssh-ed25519 AAAAC3...' "
+            "(from `ssh-keyscan -t ed25519 <address>`)"
+        )
+    return v.strip()
+
+
+def _abs_path(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError(f"must be an absolute path (starting with /), got {v!r}")
+    if not re.fullmatch(r"/[A-Za-z0-9._/@+-]*", v):
+        raise ValueError(
+            "may only contain letters, digits and . _ / @ + - (it goes into shell commands "
+            f"and Docker mounts), got {v!r}"
+        )
+    if v.rstrip("/") == "" or ".." in v.split("/"):
+        raise ValueError(f"must name a directory below / without '..', got {v!r}")
+    return posixpath.normpath(v)
+
+
+def _mount_point(v: str) -> str:
+    v = _abs_path(v)
+    if v in _SYSTEM_DIRS:
+        raise ValueError(f"{v} is a system directory; mount the data disk elsewhere (e.g. /data01)")
+    return v
+
+
+def _device(v: str) -> str:
+    if not re.fullmatch(r"/dev/[A-Za-z0-9._/-]+", v):
+        raise ValueError(f"must be a block device path under /dev (e.g. /dev/nvme1n1), got {v!r}")
+    return v
+
+
+def _url(v: str) -> str:
+    m = re.fullmatch(r"https?://([^/\s]+)(/\S*)?", v)
+    if not m:
+        raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
+    if "@" in m.group(1):
+        raise ValueError(
+            "must not carry credentials; tokens go in the secret vllm-cluster:hubToken"
+        )
+    return v.rstrip("/")
+
+
+def _image_ref(v: str) -> str:
+    if not re.fullmatch(
+        r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+        r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
+        v,
+    ):
+        raise ValueError(
+            "must be an image reference with a tag, name:tag "
+            f"(e.g. vllm/vllm-openai:v0.8.5), got {v!r}"
+        )
+    return v
+
+
+def _hub_id(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", v):
+        raise ValueError(
+            f"must be a hub model id 'organisation/name' (e.g. deepseek-ai/DeepSeek-R1), got {v!r}"
+        )
+    return v
+
+
+def _served_name(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/-]*", v):
+        raise ValueError(f"must be a name without spaces (clients send it as `model`), got {v!r}")
+    return v
+
+
+def _parallel(v: Any) -> int | Literal["auto"]:
+    if v == "auto" or v is None:
+        return "auto"
+    if isinstance(v, bool):
+        raise ValueError("must be 'auto' or a positive integer")
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v.strip())
+    if isinstance(v, int) and v > 0:
+        return v
+    raise ValueError(f"must be 'auto' or a positive integer, got {v!r}")
+
+
+def _scalar_to_str(v: Any) -> Any:
+    # YAML turns `- 8192` into a number; command-line words and env values are strings.
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+def _extra_arg(arg: str) -> str:
+    flag = arg.split("=", 1)[0]
+    if flag in _OWNED_FLAGS:
+        raise ValueError(
+            f"{flag!r} is set by the program from {_OWNED_FLAGS[flag]}; set it there instead"
+        )
+    return arg
+
+
+def _env_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"{name!r} is not a valid environment variable name")
+    if name in _OWNED_ENV:
+        raise ValueError(
+            f"{name} is set per node by the program from {_OWNED_ENV[name]}; set that instead"
+        )
+    if _SECRET_ENV.search(name):
+        raise ValueError(
+            f"{name} looks like a secret, but extra_env is stored in plain text; use the secrets "
+            f"{NAMESPACE}:apiKey / {NAMESPACE}:hubToken (`pulumi config set --secret ...`)"
+        )
+    return name
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
+Address = Annotated[str, AfterValidator(_address)]
+UnixUser = Annotated[str, AfterValidator(_unix_user)]
+IfName = Annotated[str, AfterValidator(_ifname)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+AbsPath = Annotated[str, AfterValidator(_abs_path)]
+ParallelSize = Annotated[int | Literal["auto"], PlainValidator(_parallel)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------
+# The models (one per config object; field names are the YAML keys)
+
+
+class GpuSpec(_Model):
+    count: int = Field(ge=1, le=64, description="GPUs per host")
+    model: NonEmpty = Field(description='GPU model as nvidia-smi names it, e.g. "NVIDIA H20"')
+    memory_gib: float = Field(
+        gt=0,
+        le=1024,
+        description="memory per GPU: the label (96 for a 96 GB H20) or nvidia-smi "
+        "memory.total/1024; the planner counts 99% of it as what CUDA can use",
+    )
+
+
+class Storage(_Model):
+    device: Annotated[str, AfterValidator(_device)] = Field(
+        description="block device, e.g. /dev/nvme1n1"
+    )
+    filesystem: Literal["xfs", "ext4"] = Field(description="xfs or ext4")
+    mount_point: Annotated[str, AfterValidator(_mount_point)] = Field(description="e.g. /data01")
+    allow_format: bool = Field(
+        default=False,
+        description="format the device if it has no filesystem; never formats one holding data",
+    )
+
+
+class Host(_Model):
+    name: HostName = Field(description="unique name, [a-z0-9-], used in resource names")
+    address: Address = Field(description="IPv4/IPv6 address or DNS name reachable over SSH")
+    user: UnixUser = "root"
+    port: Port = 22
+    nic: IfName = Field(default="eth0", description="interface NCCL/GLOO/Ray use between nodes")
+    host_key: Annotated[str, AfterValidator(_host_key)] | None = Field(
+        default=None, description="pinned SSH host key line ('ssh-ed25519 AAAA...')"
+    )
+    gpus: GpuSpec = Field(description="expected GPUs: {count, model, memory_gib}")
+    storage: Storage | None = None
+
+
+class Bastion(_Model):
+    address: Address
+    user: UnixUser = "root"
+    port: Port = 22
+
+
+class SshSettings(_Model):
+    private_key_file: NonEmpty | None = Field(
+        default=None,
+        description="private key file on this machine (or the secret vllm-cluster:sshPrivateKey)",
+    )
+    known_hosts_file: NonEmpty | None = None
+    bastion: Bastion | None = None
+    connect_timeout_s: int = Field(default=10, ge=1, le=600)
+
+
+class ModelSettings(_Model):
+    id: str | None = Field(
+        default=None, description="hub id, e.g. deepseek-ai/DeepSeek-R1 (informational for local)"
+    )
+    source: Literal["modelscope", "huggingface", "local"] = Field(
+        description="modelscope, huggingface or local"
+    )
+    revision: NonEmpty | None = None
+    path: AbsPath = Field(description="absolute path of the weights on every node")
+    served_name: Annotated[str, AfterValidator(_served_name)] | None = None
+    trust_remote_code: bool = False
+    local_dir: NonEmpty | None = Field(
+        default=None, description="weights directory on this machine (source=local)"
+    )
+    config_file: NonEmpty | None = Field(
+        default=None,
+        description="config.json on this machine for planning (default <local_dir>/config.json)",
+    )
+    weights_bytes: int | None = Field(
+        default=None, gt=0, description="checkpoint size in bytes for planning"
+    )
+    hub_endpoint: Annotated[str, AfterValidator(_url)] | None = None
+    distribute: Literal["fanout", "each"] = "fanout"
+    keep_on_destroy: bool = True
+    verify: Literal["sizes", "sha256"] = "sizes"
+
+    @property
+    def served_model_name(self) -> str:
+        """served_name, else the last part of id, else the last part of path."""
+        if self.served_name:
+            return self.served_name
+        if self.id:
+            return self.id.rstrip("/").split("/")[-1]
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def config_path(self) -> str:
+        """config.json on the operator machine (relative to the project directory)."""
+        if self.config_file:
+            return self.config_file
+        return posixpath.join(self.local_dir or ".", "config.json")
+
+    @property
+    def from_hub(self) -> bool:
+        return self.source in HUB_SOURCES
+
+
+class ImageSettings(_Model):
+    name: Annotated[str, AfterValidator(_image_ref)] = Field(description="name:tag")
+    tarball: NonEmpty | None = Field(
+        default=None, description="image tarball on this machine: copied, then `docker load`"
+    )
+    pull: bool | None = Field(
+        default=None, description="pull from a registry (default: true without a tarball)"
+    )
+
+    @property
+    def should_pull(self) -> bool:
+        return self.pull if self.pull is not None else self.tarball is None
+
+
+class Infiniband(_Model):
+    enabled: bool = False
+    hca: (
+        Annotated[str, Field(pattern=r"^[=^]?[A-Za-z0-9_]+(:\d+)?(,[A-Za-z0-9_]+(:\d+)?)*$")] | None
+    ) = None
+
+
+class ServingSettings(_Model):
+    port: Port = 8000
+    max_model_len: int | None = Field(
+        default=None, gt=0, description="default: the model's context length"
+    )
+    max_num_seqs: int = Field(default=256, gt=0)
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    tensor_parallel_size: ParallelSize = "auto"
+    pipeline_parallel_size: ParallelSize = "auto"
+    extra_args: tuple[
+        Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_extra_arg)], ...
+    ] = ()
+    extra_env: dict[
+        Annotated[str, AfterValidator(_env_name)],
+        Annotated[str, BeforeValidator(_scalar_to_str)],
+    ] = Field(default_factory=dict)
+    nccl_socket_ifname: IfName | None = None
+    gloo_socket_ifname: IfName | None = None
+    infiniband: Infiniband = Infiniband()
+    ipc_host: bool = True
+    shm_size_gib: float = Field(default=16, gt=0, le=1024)
+    ready_timeout_s: int | None = Field(default=None, ge=30)
+    reserve_gib: float | None = Field(default=None, ge=0, le=1024)
+    ray_port: Port = 6379
+
+    @property
+    def tp(self) -> int | None:
+        """tensor_parallel_size as an int, None for auto."""
+        v = self.tensor_parallel_size
+        return None if v == "auto" else int(v)
+
+    @property
+    def pp(self) -> int | None:
+        v = self.pipeline_parallel_size
+        return None if v == "auto" else int(v)
+
+
+class DockerSettings(_Model):
+    install: bool = False
+    deb_dir: NonEmpty | None = Field(
+        default=None, description="directory of docker .deb files on this machine"
+    )
+    registry_mirrors: tuple[Annotated[str, AfterValidator(_url)], ...] = ()
+    docker_group_user: UnixUser | None = None
+
+
+class SecretsPresent(_Model):
+    """Which secrets are set (never their values)."""
+
+    api_key: bool
+    ssh_private_key: bool
+    hub_token: bool
+
+
+class Settings(_Model):
+    hosts: tuple[Host, ...] = Field(
+        min_length=1, description="the GPU servers as a list; hosts[0] is the head"
+    )
+    ssh: SshSettings = SshSettings()
+    model: ModelSettings = Field(description="the model: id, source, path, config_file, ...")
+    image: ImageSettings = Field(description="the vLLM image: name:tag, optional tarball")
+    serving: ServingSettings = ServingSettings()
+    docker: DockerSettings = DockerSettings()
+    secrets: SecretsPresent
+
+    @property
+    def head(self) -> Host:
+        return self.hosts[0]
+
+    @property
+    def workers(self) -> tuple[Host, ...]:
+        return self.hosts[1:]
+
+    @property
+    def multi_node(self) -> bool:
+        """More than one host configured (the plan may still serve on fewer: plan.nodes)."""
+        return len(self.hosts) > 1
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.hosts[0].gpus.count
+
+    @property
+    def gpu_memory_gib(self) -> float:
+        return self.hosts[0].gpus.memory_gib
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus_per_node * len(self.hosts)
+
+    @property
+    def ssh_key_source(self) -> Literal["file", "secret"]:
+        return "secret" if self.secrets.ssh_private_key else "file"
+
+    def nccl_ifname(self, host: Host) -> str:
+        return self.serving.nccl_socket_ifname or host.nic
+
+    def gloo_ifname(self, host: Host) -> str:
+        return self.serving.gloo_socket_ifname or host.nic
+
+
+# ---------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # as the user writes it: hosts[1].address, vllm-cluster:apiKey
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class SettingsError(ValueError):
+    """The stack configuration is invalid; `problems` lists every issue found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        n = len(self.problems)
+        lines = [f"invalid stack configuration ({n} problem{'s' if n != 1 else ''}):"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+    @property
+    def paths(self) -> list[str]:
+        return [p.path for p in self.problems]
+
+
+def _path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if part == "[key]":  # pydantic's marker for an invalid dict key
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+def _strip(tp: Any) -> Any:
+    """Annotated[X, ...] -> X; X | None -> X (first BaseModel/container member)."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, UnionType):
+            members = [a for a in get_args(tp) if a is not type(None)]
+            tp = next((m for m in members if get_origin(m) or isinstance(m, type)), members[0])
+        else:
+            return tp
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The pydantic model that owns the keys at `loc` (for 'did you mean')."""
+    tp: Any = Settings
+    for part in loc:
+        tp = _strip(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            if not isinstance(part, str) or part not in tp.model_fields:
+                return None
+            tp = tp.model_fields[part].annotation
+        elif get_origin(tp) in (tuple, list, dict):
+            tp = get_args(tp)[-1 if get_origin(tp) is dict else 0]
+        else:
+            return None
+    tp = _strip(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _secret_hint(key: str) -> str:
+    k = re.sub(r"[^a-z]", "", key.lower())
+    if "apikey" in k:
+        return (
+            f"the API key is the secret {NAMESPACE}:apiKey "
+            f"(`pulumi config set --secret {NAMESPACE}:apiKey <key>`)"
+        )
+    if "privatekey" in k or k in ("sshkey", "key"):
+        return (
+            "an SSH key goes in ssh.private_key_file (a path) or the secret "
+            f"{NAMESPACE}:sshPrivateKey "
+            f"(`pulumi config set --secret {NAMESPACE}:sshPrivateKey < ~/.ssh/id_ed25519`)"
+        )
+    if "token" in k or "password" in k:
+        return (
+            f"hub tokens are the secret {NAMESPACE}:hubToken "
+            f"(`pulumi config set --secret {NAMESPACE}:hubToken <token>`)"
+        )
+    return ""
+
+
+def _unknown_key(loc: Sequence[str | int]) -> str:
+    key = str(loc[-1])
+    owner = _model_at(loc[:-1])
+    valid = sorted(k for k in owner.model_fields if k != "secrets") if owner else []
+    msg = f"unknown key {key!r}"
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = _secret_hint(key)
+    if close:
+        msg += f"; did you mean {close[0]!r}?"
+    elif hint:
+        msg += f"; {hint}"
+    if valid:
+        msg += f" (valid keys here: {', '.join(valid)})"
+    return msg
+
+
+def _describe_missing(loc: Sequence[str | int]) -> str:
+    owner = _model_at(loc[:-1])
+    key = str(loc[-1])
+    desc = owner.model_fields[key].description if owner and key in owner.model_fields else None
+    where = f"{NAMESPACE}:{loc[0]}" if len(loc) == 1 else _path(loc)
+    return f"is required ({desc}); set {where} in Pulumi.<stack>.yaml" if desc else "is required"
+
+
+def _from_pydantic(err: ValidationError) -> list[Problem]:
+    out = []
+    errors = err.errors(include_url=False)
+    for e in errors:
+        loc = tuple(e["loc"])
+        kind = e["type"]
+        if kind == "too_short" and any(
+            len(o["loc"]) > len(loc) and tuple(o["loc"][: len(loc)]) == loc for o in errors
+        ):
+            continue  # items failed and were dropped; the item errors say why
+        if kind == "extra_forbidden":
+            out.append(Problem(_path(loc), _unknown_key(loc)))
+            continue
+        if kind == "missing":
+            out.append(Problem(_path(loc), _describe_missing(loc)))
+            continue
+        msg = str(e["msg"])
+        ctx = e.get("ctx") or {}
+        if kind == "too_short":
+            msg = f"must have at least {ctx.get('min_length', 1)} item(s)"
+        elif kind in ("tuple_type", "list_type"):
+            msg = "must be a list (YAML `- item` lines)"
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            msg = "must be a mapping of keys to values"
+        elif kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        else:
+            msg = msg[:1].lower() + msg[1:]  # "Input should be ..." -> "input should be ..."
+        if kind != "value_error" and not isinstance(e.get("input"), dict | list):
+            got = repr(e.get("input"))
+            msg += f" (got {got[:60]})"
+        out.append(Problem(_path(loc), msg))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-key rules, over the raw values (tolerant of anything malformed: pydantic reports that)
+
+
+def _obj(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _valid_gpu_value(key: str, value: Any) -> bool:
+    if key == "model":
+        return isinstance(value, str) and bool(value)
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Problem]:
+    out: list[Problem] = []
+    hosts = raw.get("hosts")
+    hosts = [h if isinstance(h, Mapping) else {} for h in hosts] if isinstance(hosts, list) else []
+
+    seen_names: dict[str, int] = {}
+    seen_addrs: dict[str, int] = {}
+    for i, h in enumerate(hosts):
+        name, addr = h.get("name"), h.get("address")
+        if isinstance(name, str):
+            if name.lower() in seen_names:
+                out.append(
+                    Problem(
+                        f"hosts[{i}].name",
+                        f"{name!r} is already used by hosts[{seen_names[name.lower()]}]; "
+                        "host names must be unique",
+                    )
+                )
+            else:
+                seen_names[name.lower()] = i
+        if isinstance(addr, str):
+            key = addr.lower().rstrip(".")
+            with contextlib.suppress(ValueError):
+                key = str(ipaddress.ip_address(addr))
+            if key in seen_addrs:
+                out.append(
+                    Problem(
+                        f"hosts[{i}].address",
+                        f"{addr!r} is already hosts[{seen_addrs[key]}].address; "
+                        "each host needs its own address",
+                    )
+                )
+            else:
+                seen_addrs[key] = i
+    # The planner and vLLM's TP x PP layout assume identical nodes.
+    first = _obj(hosts[0].get("gpus")) if hosts else {}
+    for i, h in enumerate(hosts[1:], start=1):
+        gpus = _obj(h.get("gpus"))
+        for key in ("count", "model", "memory_gib"):
+            # Invalid values are reported by their own field rule; comparing them adds noise.
+            if not (_valid_gpu_value(key, first.get(key)) and _valid_gpu_value(key, gpus.get(key))):
+                continue
+            if gpus[key] != first[key]:
+                out.append(
+                    Problem(
+                        f"hosts[{i}].gpus.{key}",
+                        f"{gpus[key]!r} differs from hosts[0].gpus.{key} {first[key]!r}; all "
+                        "hosts must have identical GPUs (vLLM places the same TP x PP layout "
+                        "on every node)",
+                    )
+                )
+
+    ssh = _obj(raw.get("ssh"))
+    key_file = ssh.get("private_key_file")
+    if key_file and secrets.ssh_private_key:
+        out.append(
+            Problem(
+                "ssh.private_key_file",
+                f"both this and the secret {NAMESPACE}:sshPrivateKey are set; "
+                "keep exactly one SSH key source",
+            )
+        )
+    elif not key_file and not secrets.ssh_private_key:
+        out.append(
+            Problem(
+                "ssh.private_key_file",
+                f"no SSH key: set ssh.private_key_file (a key file on this machine) or the secret "
+                f"`pulumi config set --secret {NAMESPACE}:sshPrivateKey < ~/.ssh/id_ed25519`",
+            )
+        )
+    if not secrets.api_key:
+        out.append(
+            Problem(
+                f"{NAMESPACE}:apiKey",
+                f"required secret is not set (clients send it as the bearer token); set it with "
+                f"`pulumi config set --secret {NAMESPACE}:apiKey <key>`",
+            )
+        )
+
+    model = _obj(raw.get("model"))
+    source = model.get("source")
+    if source in HUB_SOURCES:
+        if not model.get("id"):
+            out.append(
+                Problem(
+                    "model.id",
+                    f"is required for source={source}: the hub id, e.g. deepseek-ai/DeepSeek-R1",
+                )
+            )
+        elif isinstance(model.get("id"), str):
+            try:
+                _hub_id(model["id"])
+            except ValueError as exc:
+                out.append(Problem("model.id", str(exc)))
+        if not model.get("config_file"):
+            out.append(
+                Problem(
+                    "model.config_file",
+                    f"is required for source={source}: the planner reads the model's "
+                    "config.json on this machine; download it (a few KB) to e.g. "
+                    "models/<name>/config.json and point here",
+                )
+            )
+        if model.get("local_dir"):
+            out.append(
+                Problem(
+                    "model.local_dir",
+                    f"is only used with source=local (source is {source}); remove it",
+                )
+            )
+    elif source == "local":
+        if not model.get("local_dir"):
+            out.append(
+                Problem(
+                    "model.local_dir",
+                    "is required for source=local: the weights directory on this machine",
+                )
+            )
+        if model.get("hub_endpoint"):
+            out.append(
+                Problem(
+                    "model.hub_endpoint",
+                    "is only used with a hub source; remove it for source=local",
+                )
+            )
+
+    image = _obj(raw.get("image"))
+    if image.get("tarball") and image.get("pull") is True:
+        out.append(
+            Problem(
+                "image.pull",
+                "is true but image.tarball is set (the tarball is loaded instead of "
+                "pulling); remove one",
+            )
+        )
+
+    serving = _obj(raw.get("serving"))
+    port, ray_port = serving.get("port", 8000), serving.get("ray_port", 6379)
+    if isinstance(port, int) and port == ray_port:
+        out.append(
+            Problem(
+                "serving.ray_port",
+                f"{ray_port} is also serving.port; Ray and the API server need different ports",
+            )
+        )
+    try:
+        tp, pp = (
+            _parallel(serving.get("tensor_parallel_size")),
+            _parallel(serving.get("pipeline_parallel_size")),
+        )
+    except ValueError:
+        tp = pp = "auto"
+    count = first.get("count")
+    if (
+        isinstance(tp, int)
+        and isinstance(pp, int)
+        and isinstance(count, int)
+        and hosts
+        and tp * pp > count * len(hosts)
+    ):
+        out.append(
+            Problem(
+                "serving.tensor_parallel_size",
+                f"{tp} x pipeline_parallel_size {pp} = {tp * pp} GPUs, but the "
+                f"{len(hosts)} host(s) have {count * len(hosts)}",
+            )
+        )
+    ib = _obj(serving.get("infiniband"))
+    if ib.get("hca") and not ib.get("enabled"):
+        out.append(
+            Problem(
+                "serving.infiniband.hca",
+                "is set but serving.infiniband.enabled is false; enable InfiniBand or remove hca",
+            )
+        )
+
+    docker = _obj(raw.get("docker"))
+    if docker.get("install") is True and not docker.get("deb_dir"):
+        out.append(
+            Problem(
+                "docker.deb_dir",
+                "is required when docker.install is true: a directory of Docker .deb files "
+                "on this machine",
+            )
+        )
+    return out
+
+
+_SECTIONS = (*CONFIG_KEYS, NAMESPACE)
+
+
+def _section_order(p: Problem) -> int:
+    """Group problems by config section (hosts first, namespaced secrets/keys last)."""
+    head = re.split(r"[.\[:]", p.path, maxsplit=1)[0]
+    return _SECTIONS.index(head) if head in _SECTIONS else len(_SECTIONS)
+
+
+def _file_checks(s: Settings, base: Path) -> list[Problem]:
+    """Files on the operator machine that later steps read."""
+
+    def resolve(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else base / path
+
+    out = []
+    checks: list[tuple[str, str | None, bool]] = [
+        (
+            "model.config_file",
+            s.model.config_path if s.model.config_file or s.model.local_dir else None,
+            False,
+        ),
+        ("model.local_dir", s.model.local_dir if s.model.source == "local" else None, True),
+        ("ssh.private_key_file", s.ssh.private_key_file, False),
+        ("ssh.known_hosts_file", s.ssh.known_hosts_file, False),
+        ("image.tarball", s.image.tarball, False),
+        ("docker.deb_dir", s.docker.deb_dir if s.docker.install else None, True),
+    ]
+    for key, value, is_dir in checks:
+        if value is None:
+            continue
+        path = resolve(value)
+        ok = path.is_dir() if is_dir else path.is_file()
+        if not ok:
+            kind = "directory" if is_dir else "file"
+            out.append(Problem(key, f"{kind} {str(path)!r} does not exist on this machine"))
+    return out
+
+
+def load_settings(
+    raw: Mapping[str, Any],
+    secrets_present: Mapping[str, bool],
+    *,
+    base_dir: str | Path | None = None,
+) -> Settings:
+    """Validate the stack config.
+
+    raw: top-level keys without namespace ("hosts", "ssh", "model", "image", "serving",
+    "docker") -> plain values (what `pulumi.Config().get_object(key)` returns; None = unset).
+    secrets_present: "apiKey" / "sshPrivateKey" / "hubToken" -> whether set (non-empty).
+    base_dir: when given, files on this machine (model config, key file, tarball, ...) must
+    exist, relative paths resolving against it (the project directory).
+    Raises SettingsError listing every problem."""
+    problems: list[Problem] = []
+    data: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in CONFIG_KEYS:
+            if value is not None:
+                data[key] = value
+            continue
+        bare = key.split(":", 1)[1] if key.startswith(f"{NAMESPACE}:") else key
+        if bare in CONFIG_KEYS:
+            data[bare] = value
+            continue
+        if bare in SECRET_KEYS:
+            problems.append(
+                Problem(
+                    f"{NAMESPACE}:{bare}",
+                    "is a secret: it is read with config.get_secret, not as plain config",
+                )
+            )
+            continue
+        close = difflib.get_close_matches(bare, CONFIG_KEYS, n=1, cutoff=0.6)
+        hint = (
+            f"; did you mean {NAMESPACE}:{close[0]}?"
+            if close
+            else f" (valid keys: {', '.join(CONFIG_KEYS)})"
+        )
+        problems.append(Problem(f"{NAMESPACE}:{bare}", f"unknown key{hint}"))
+
+    unknown_secrets = set(secrets_present) - set(SECRET_KEYS)
+    if unknown_secrets:
+        raise TypeError(f"secrets_present has unknown keys {sorted(unknown_secrets)}")
+    secrets = SecretsPresent(
+        api_key=bool(secrets_present.get("apiKey")),
+        ssh_private_key=bool(secrets_present.get("sshPrivateKey")),
+        hub_token=bool(secrets_present.get("hubToken")),
+    )
+    data["secrets"] = secrets
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        problems += _from_pydantic(exc)
+    problems += _cross_checks(data, secrets)
+    if settings is not None and base_dir is not None:
+        problems += _file_checks(settings, Path(base_dir))
+    if problems or settings is None:
+        raise SettingsError(sorted(problems, key=_section_order))
+    return settings
