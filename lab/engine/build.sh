@@ -25,7 +25,8 @@ RAY_VERSION="2.60.0"
 SUITE="bookworm"
 PY_VERSION="3.11"
 PACKAGES="python3,python3-venv,ca-certificates,procps,iproute2,curl"
-TAG="vllm-standin:lab"
+# The lab contract names this tag; another one is only for trying the build beside it.
+TAG="${VLLM_STANDIN_TAG:-vllm-standin:lab}"
 OUT="$LAB_DIR/images/vllm-standin.tar"
 META="$OUT.json"
 VENV_PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -199,9 +200,9 @@ build_image() { # build_image RECIPE -> image id
 
 main() {
   local recipe old_id id tmp size
-  mkdir -p "$LAB_DIR/images"
-  # One build at a time (lab up and a test may both ask for the image).
-  exec 9>"$LAB_DIR/images/.vllm-standin.lock"
+  mkdir -p "$LAB_DIR/images" "$CACHE_DIR"
+  # One build at a time per tag, whatever LAB_DIR (lab up and a test may both ask for it).
+  exec 9>"$CACHE_DIR/.build-${TAG//[^A-Za-z0-9]/_}.lock"
   flock 9
   recipe="$(recipe_hash)"
   if [[ -s "$OUT" && -f "$META" && "$(json_field "$META" recipe)" == "$recipe" ]]; then

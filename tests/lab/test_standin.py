@@ -512,3 +512,27 @@ def test_api_key_from_environment(tmp_path: Path, tiny_model: Path, gpu_bin: Pat
     finally:
         s.stop()
     assert API_KEY not in s.logs()
+
+
+def test_kept_alive_connection_survives_refused_posts(server: Standin) -> None:
+    # A refused POST must not leave its body on the connection for the next request.
+    with requests.Session() as session:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "x" * 500}]}
+        for _ in range(2):
+            r = session.post(server.url + "/v1/chat/completions", json=body, timeout=5)
+            assert r.status_code == 401
+            assert session.post(server.url + "/nope", json=body, timeout=5).status_code == 404
+            assert session.get(server.url + "/health", timeout=5).status_code == 200
+        ok = session.post(server.url + "/v1/chat/completions", json=body, headers=auth(), timeout=5)
+        assert ok.status_code == 200
+
+
+def test_garbage_on_the_socket_gets_400_and_the_server_lives(server: Standin) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(b"NOT AN HTTP REQUEST\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        assert b"400" in reply  # http.server answers a non-HTTP/1.x line the HTTP/0.9 way
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200
+    assert "Traceback" not in server.logs()

@@ -122,7 +122,10 @@ def _place_on_ray(cfg: ServeConfig, local_gpus: int) -> Placement:
             f"Unable to load Ray: {exc}. Ray is required for multi-node inference, "
             "please install Ray with `pip install ray`."
         ) from exc
-    wait_s = float(os.environ.get("VLLM_STANDIN_RAY_WAIT_S", DEFAULT_RAY_WAIT_S))
+    try:
+        wait_s = max(0.0, float(os.environ.get("VLLM_STANDIN_RAY_WAIT_S", DEFAULT_RAY_WAIT_S)))
+    except ValueError:
+        wait_s = DEFAULT_RAY_WAIT_S
     deadline = time.monotonic() + wait_s
     try:
         # Inside a container where `ray start` ran, "auto" finds that cluster, as in vLLM.

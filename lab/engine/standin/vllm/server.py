@@ -220,7 +220,8 @@ def _message_text(content: Any) -> str:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vllm-lab-standin"
-    engine: Engine  # set on the subclass made by make_server
+    engine: Engine  # set on the subclass made by activate()
+    _body: bytes = b""
 
     # ---- plumbing -------------------------------------------------------------------------
     def log_message(self, format: str, *args: Any) -> None:
@@ -229,20 +230,22 @@ class Handler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         status = int(code) if str(code).isdigit() else 0
         phrase = self.responses.get(status, ("",))[0] if status else ""
+        # A malformed request line leaves command/path unset.
+        command = getattr(self, "command", None) or "-"
+        path = (getattr(self, "path", None) or "-").split("?", 1)[0]
         # uvicorn's access line; headers (and so the API key) are never logged.
         access_logger.info(
             '%s:%d - "%s %s %s" %s %s',
             self.client_address[0],
             self.client_address[1],
-            self.command,
-            self.path.split("?", 1)[0],
-            self.request_version,
+            command,
+            path,
+            getattr(self, "request_version", "-"),
             code,
             phrase,
         )
-        handler = self.path.split("?", 1)[0]
         with self.engine.metrics.lock:
-            self.engine.metrics.http[(handler, str(self.command), f"{str(code)[:1]}xx")] += 1
+            self.engine.metrics.http[(path, command, f"{str(code)[:1]}xx")] += 1
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -255,11 +258,16 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
-    def _read_json(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+    def _read_body(self) -> bytes:
         try:
-            body = json.loads(raw or b"null")
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _read_json(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self._body or b"null")
         except json.JSONDecodeError as exc:
             raise HTTPError(400, f"Invalid JSON body: {exc}", "BadRequestError") from exc
         if not isinstance(body, dict):
@@ -275,6 +283,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
+        # Read the whole body first, whatever the answer: on a kept-alive connection an unread
+        # body would be parsed as the next request.
+        self._body = self._read_body()
         routes = {
             ("GET", "/health"): self._health,
             ("GET", "/ping"): self._health,
