@@ -15,6 +15,7 @@ import pulumi
 import pulumi_docker as docker
 from pulumi_command import local, remote
 
+from components.shell import remote_command
 from components.ssh import SshTarget
 
 
@@ -87,7 +88,7 @@ class GpuHost(pulumi.ComponentResource):
             cmd = remote.Command(
                 f"{name}-{role}",
                 connection=self.connection,
-                create=script,
+                create=remote_command(script),
                 stdin=stdin,
                 opts=pulumi.ResourceOptions.merge(
                     child, pulumi.ResourceOptions(depends_on=list(previous))

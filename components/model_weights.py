@@ -17,6 +17,7 @@ from pulumi_command import local, remote
 
 from components.gpu_host import GpuHost
 from components.remote_check import RemoteCheck
+from components.shell import remote_command
 from components.ssh import SshTarget
 
 
@@ -88,7 +89,7 @@ class ModelWeights(pulumi.ComponentResource):
                 fetch = remote.Command(
                     f"{name}-{target.name}-fetch",
                     connection=target.host.connection,
-                    create=target.fetch_remote + "\n" + target.verify_script,
+                    create=remote_command(target.fetch_remote + "\n" + target.verify_script),
                     stdin=target.fetch_stdin,
                     triggers=[check.generation],
                     opts=child,
@@ -102,7 +103,7 @@ class ModelWeights(pulumi.ComponentResource):
                     f"{name}-{target.name}-remove",
                     connection=target.host.connection,
                     create="true",
-                    delete=target.delete_remote,
+                    delete=remote_command(target.delete_remote),
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[fetch]),
                 )
             if head_fetch is None:

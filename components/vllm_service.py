@@ -11,6 +11,7 @@ from components.containers import ContainerSpec, engine_container
 from components.engine import EngineLaunch, NodeNetwork, node_environment, vllm_server_argv
 from components.gpu_host import GpuHost
 from components.readiness import ReadinessGate, readiness_script
+from components.shell import remote_command
 
 SERVER_CONTAINER = "vllm-server"
 
@@ -90,7 +91,7 @@ def readiness_gate(
     return remote.Command(
         resource_name,
         connection=host.connection,
-        create=readiness_script(gate),
+        create=remote_command(readiness_script(gate)),
         stdin=pulumi.Output.secret(api_key),
         triggers=[container.id],  # type: ignore[attr-defined]
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[container])),

@@ -178,10 +178,10 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
     assert head_fetch.inputs["triggers"] == [1]  # the check's generation
     worker_fetch = mocks.named("weights-h2-fetch")
     assert worker_fetch.type_ == "command:remote:Command"
-    assert worker_fetch.inputs["create"].startswith("pull from head")
+    assert worker_fetch.inputs["create"] == "bash -c 'pull from head\nverify'"
     # A re-fetch replaces the fetch; removal must not ride on it.
     assert "delete" not in worker_fetch.inputs
-    assert mocks.named("weights-h2-remove").inputs["delete"] == "remove"
+    assert mocks.named("weights-h2-remove").inputs["delete"] == "bash -c remove"
     assert len(mocks.of_type("pulumi-python:dynamic:Resource")) == 2
 
 
