@@ -25,7 +25,9 @@ class HostScripts:
 
     preflight: str
     storage: str | None = None
-    docker_install: str | None = None
+    # Runs on the operator machine: copies .deb files (when installing) and runs the docker
+    # step on the host over SSH (install, registry mirrors, docker group).
+    docker_install_local: str | None = None
     # Runs on the operator machine: streams the image tarball to the host and loads it,
     # skipped when the host already has the exact image ID.
     image_load_local: str | None = None
@@ -100,8 +102,16 @@ class GpuHost(pulumi.ComponentResource):
         s = args.scripts
         if s.storage:
             step("storage", s.storage)
-        if s.docker_install:
-            step("docker-install", s.docker_install)
+        if s.docker_install_local:
+            docker_step = local.Command(
+                f"{name}-docker-install",
+                create=s.docker_install_local,
+                interpreter=["/bin/bash", "-c"],
+                opts=pulumi.ResourceOptions.merge(
+                    child, pulumi.ResourceOptions(depends_on=list(previous))
+                ),
+            )
+            previous[:] = [docker_step]
         preflight = step("preflight", s.preflight)
         self.facts = preflight.stdout.apply(_last_json_line)
 

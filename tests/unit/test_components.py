@@ -194,14 +194,19 @@ def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
             private_key=pulumi.Output.secret("PRIVATE KEY"),
             image_name="img:1",
             scripts=HostScripts(
-                preflight="pf", storage="st", docker_install="di", image_pull="docker pull"
+                preflight="pf",
+                storage="st",
+                docker_install_local="di",
+                image_pull="docker pull",
             ),
         ),
     )
 
     def check(_: Any) -> None:
         names = [r.name for r in mocks.of_type("command:remote:Command")]
-        assert names == ["h1-storage", "h1-docker-install", "h1-preflight", "h1-image-pull"]
+        assert names == ["h1-storage", "h1-preflight", "h1-image-pull"]
+        docker_step = mocks.named("h1-docker-install")
+        assert docker_step.type_ == "command:local:Command"
         image = mocks.named("h1-image")
         assert image.inputs["keepLocally"] is True
         provider = mocks.named("h1-docker")

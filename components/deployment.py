@@ -1,0 +1,353 @@
+"""From validated settings and the plan to what each component declares (pure rendering).
+
+`__main__.py` reads the stack config, plans, calls `render_deployment`, and hands the result
+to the components. Everything host-specific (scripts, SSH options, engine command lines) is
+decided here, so it is testable without Pulumi (tests/unit/test_deployment.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.engine import EngineLaunch, NodeNetwork, RayLayout
+from components.gpu_host import HostScripts
+from components.ray_cluster import HEAD_CONTAINER, WORKER_CONTAINER
+from components.settings import Host, Settings
+from components.shell import MANIFEST as WEIGHTS_MANIFEST
+from components.shell import (
+    DockerSpec,
+    DownloadSpec,
+    FanoutSpec,
+    GpuExpectation,
+    PreflightSpec,
+    StorageSpec,
+    build_manifest,
+    docker_install,
+    fanout_driver,
+    image_check,
+    image_pull,
+    preflight,
+    rsync_argv,
+    storage,
+    weights_delete,
+    weights_download,
+    weights_ensure_dir,
+    weights_verify,
+)
+from components.sizing import Plan
+from components.ssh import Bastion, SshTarget
+from components.vllm_service import SERVER_CONTAINER
+
+OWN_CONTAINERS = (SERVER_CONTAINER, HEAD_CONTAINER, WORKER_CONTAINER)
+# Where .deb files are copied before a Docker install (components.shell.DockerSpec default).
+REMOTE_DEB_DIR = "/var/tmp/vllm-cluster/debs"
+# With --ipc host the engine uses the host's /dev/shm; NCCL needs more than Docker's 64 MB.
+MIN_HOST_SHM_BYTES = 1024**3
+
+
+@dataclass(frozen=True)
+class WeightsSteps:
+    verify: str
+    fetch_local: str | None = None
+    fetch_remote: str | None = None
+    needs_hub_token: bool = False
+    delete_remote: str | None = None
+    after_head: bool = False
+
+
+@dataclass(frozen=True)
+class HostDeployment:
+    host: Host
+    ssh: SshTarget
+    scripts: HostScripts
+    weights: WeightsSteps
+    node: NodeNetwork
+
+
+@dataclass(frozen=True)
+class Deployment:
+    hosts: tuple[HostDeployment, ...]  # serving hosts only; hosts[0] is the head
+    launch: EngineLaunch
+    layout: RayLayout | None  # None: one node, VllmService
+    ready_timeout_s: int
+    image_id: str | None  # from the tarball, when one is used
+
+    @property
+    def head(self) -> HostDeployment:
+        return self.hosts[0]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.head.host.address}:{self.launch.port}/v1"
+
+
+@dataclass(frozen=True)
+class OperatorFiles:
+    """Files on the operator machine that OpenSSH clients need."""
+
+    private_key_file: str
+    known_hosts_file: str
+    # host name -> pinned key in authorized_keys form (for pulumi-command)
+    host_keys: dict[str, str]
+
+
+def host_key_from_known_hosts(text: str, address: str, port: int) -> str | None:
+    """The `<type> <base64>` key for `address` (port 22) or `[address]:port` in a
+    known_hosts text; None when absent (hashed entries are not matched)."""
+    wanted = address if port == 22 else f"[{address}]:{port}"
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or line.lstrip().startswith(("#", "@")):
+            continue
+        if wanted in parts[0].split(","):
+            return f"{parts[1]} {parts[2]}"
+    return None
+
+
+def known_hosts_text(hosts: tuple[Host, ...], keys: dict[str, str]) -> str:
+    lines = []
+    for h in hosts:
+        name = h.address if h.port == 22 else f"[{h.address}]:{h.port}"
+        lines.append(f"{name} {keys[h.name]}")
+    return "\n".join(lines) + "\n"
+
+
+def engine_launch(settings: Settings, plan: Plan) -> EngineLaunch:
+    s = settings.serving
+    return EngineLaunch(
+        model_path=settings.model.path,
+        served_model_name=settings.model.served_model_name,
+        tensor_parallel_size=plan.tensor_parallel_size,
+        pipeline_parallel_size=plan.pipeline_parallel_size,
+        max_model_len=plan.max_model_len,
+        max_num_seqs=plan.max_num_seqs,
+        gpu_memory_utilization=plan.gpu_memory_utilization,
+        kv_cache_dtype=plan.kv_cache_dtype,
+        trust_remote_code=settings.model.trust_remote_code,
+        port=s.port,
+        distributed_executor_backend="ray" if plan.nodes > 1 else None,
+        extra_args=tuple(s.extra_args),
+    )
+
+
+def _ssh_target(settings: Settings, host: Host, files: OperatorFiles) -> SshTarget:
+    b = settings.ssh.bastion
+    return SshTarget(
+        address=host.address,
+        user=host.user,
+        port=host.port,
+        private_key_file=files.private_key_file,
+        known_hosts_file=files.known_hosts_file,
+        host_key=files.host_keys.get(host.name),
+        bastion=Bastion(b.address, b.user, b.port) if b else None,
+        connect_timeout_s=settings.ssh.connect_timeout_s,
+    )
+
+
+def run_over_ssh(target: SshTarget, script: str, tag: str = "VLLM_CLUSTER_SCRIPT") -> str:
+    """An operator-side bash line that runs `script` on the host (script on stdin)."""
+    if any(line.strip() == tag for line in script.splitlines()):
+        raise ValueError(f"heredoc tag {tag} occurs in the script")
+    return f"{shlex.join([*target.ssh_command(), 'bash', '-s'])} <<'{tag}'\n{script}\n{tag}\n"
+
+
+def image_stream_load(target: SshTarget, host: str, image: str, image_id: str, tar: str) -> str:
+    """Operator-side: stream the image tarball into `docker load` on the host over SSH
+    (no temporary copy on the host), skipped when the host has exactly `image_id`."""
+    check = run_over_ssh(target, image_check(host, image, image_id))
+    ssh = shlex.join([*target.ssh_command(), "docker", "load"])
+    return f"""set -euo pipefail
+have=$({check.rstrip()}
+)
+if [ "$have" = present ]; then
+  echo "[{host}] image: {image} ({image_id[:19]}) already loaded, nothing copied" >&2
+  exit 0
+fi
+size=$(du -h {shlex.quote(tar)} | cut -f1)
+echo "[{host}] image: streaming {tar} ($size) into docker load" >&2
+start=$SECONDS
+{ssh} < {shlex.quote(tar)} >&2
+have=$({check.rstrip()}
+)
+if [ "$have" != present ]; then
+  echo "[{host}] image: {image} is not {image_id} after loading" >&2
+  exit 1
+fi
+echo "[{host}] image: loaded in $((SECONDS - start))s" >&2
+"""
+
+
+def _docker_local(settings: Settings, host: Host, target: SshTarget, base: Path) -> str | None:
+    d = settings.docker
+    if not (d.install or d.registry_mirrors or d.docker_group_user):
+        return None
+    lines = ["set -euo pipefail"]
+    if d.install and d.deb_dir:
+        deb_dir = str((base / d.deb_dir).resolve())
+        lines.append(run_over_ssh(target, f"mkdir -p {REMOTE_DEB_DIR}"))
+        lines.append(shlex.join(rsync_argv(deb_dir, target.endpoint(), REMOTE_DEB_DIR)))
+    spec = DockerSpec(
+        host=host.name,
+        install=d.install,
+        deb_dir=REMOTE_DEB_DIR,
+        registry_mirrors=tuple(d.registry_mirrors),
+        group_user=d.docker_group_user,
+    )
+    lines.append(run_over_ssh(target, docker_install(spec)))
+    return "\n".join(lines) + "\n"
+
+
+def _local_manifest_push(settings: Settings, target: SshTarget, base: Path) -> str:
+    """Operator-side: write the manifest of the local model directory next to the weights
+    on the host, so verify (and fan-out) can check every file by size or sha256."""
+    assert settings.model.local_dir is not None
+    local_dir = base / settings.model.local_dir
+    manifest = build_manifest(str(local_dir), sha256=settings.model.verify == "sha256")
+    body = json.dumps(manifest, sort_keys=True, indent=1)
+    dest = shlex.quote(f"{settings.model.path}/{WEIGHTS_MANIFEST}")
+    return run_over_ssh(
+        target, f"cat > {dest} <<'VLLM_CLUSTER_MANIFEST'\n{body}\nVLLM_CLUSTER_MANIFEST"
+    )
+
+
+def _weights_steps(
+    settings: Settings, host: Host, target: SshTarget, head: HostDeployment | None, base: Path
+) -> WeightsSteps:
+    m = settings.model
+    verify = weights_verify(host.name, m.path, m.verify, require_manifest=m.source == "local")
+    delete = None if m.keep_on_destroy else weights_delete(host.name, m.path)
+    if head is not None and m.distribute == "fanout":
+        spec = FanoutSpec(
+            source_host=head.host.name,
+            target_host=host.name,
+            source_address=head.host.address,
+            path=m.path,
+            marker=f"{head.host.name}-to-{host.name}",
+            source_user=head.host.user,
+            source_port=head.host.port,
+            verify=m.verify,
+        )
+        driver = fanout_driver(spec, head.ssh.endpoint(), target.endpoint())
+        return WeightsSteps(verify, fetch_local=driver, delete_remote=delete, after_head=True)
+    if m.source == "local":
+        assert m.local_dir is not None
+        local_dir = str((base / m.local_dir).resolve())
+        fetch = "\n".join(
+            [
+                "set -euo pipefail",
+                run_over_ssh(target, weights_ensure_dir(host.name, m.path)).rstrip(),
+                f"echo '[{host.name}] weights: rsync {local_dir} -> {m.path}' >&2",
+                shlex.join(rsync_argv(local_dir, target.endpoint(), m.path)) + " >&2",
+                _local_manifest_push(settings, target, base).rstrip(),
+            ]
+        )
+        return WeightsSteps(verify, fetch_local=fetch + "\n", delete_remote=delete)
+    assert m.id is not None
+    spec_dl = DownloadSpec(
+        host=host.name,
+        source=m.source,
+        model_id=m.id,
+        path=m.path,
+        revision=m.revision,
+        endpoint=m.hub_endpoint,
+        token="stdin" if settings.secrets.hub_token else "none",
+        verify=m.verify,
+    )
+    return WeightsSteps(
+        verify,
+        fetch_remote=weights_download(spec_dl),
+        needs_hub_token=settings.secrets.hub_token,
+        delete_remote=delete,
+    )
+
+
+def render_deployment(
+    settings: Settings, plan: Plan, files: OperatorFiles, base_dir: Path
+) -> Deployment:
+    """Everything the components declare, for the first `plan.nodes` hosts."""
+    from components.shell import tarball_image_id
+
+    serving_hosts = settings.hosts[: plan.nodes]
+    multi = plan.nodes > 1
+    image = settings.image
+    tarball = str((base_dir / image.tarball).resolve()) if image.tarball else None
+    image_id = tarball_image_id(tarball, image.name) if tarball else None
+    s = settings.serving
+    rendered: list[HostDeployment] = []
+    for index, host in enumerate(serving_hosts):
+        target = _ssh_target(settings, host, files)
+        is_head = index == 0
+        ports = (s.port, s.ray_port) if (is_head and multi) else ((s.port,) if is_head else ())
+        needed = plan.checkpoint_bytes or plan.weight_bytes
+        pre = PreflightSpec(
+            host=host.name,
+            weights_path=settings.model.path,
+            gpus=GpuExpectation(host.gpus.count, host.gpus.model, host.gpus.memory_gib),
+            nic=host.nic,
+            address=host.address,
+            multi_node=multi,
+            needed_bytes=needed,
+            storage_device=host.storage.device if host.storage else None,
+            storage_mount_point=host.storage.mount_point if host.storage else None,
+            ipc_host=s.ipc_host,
+            min_shm_bytes=MIN_HOST_SHM_BYTES if s.ipc_host else 0,
+            ports=ports,
+            own_containers=OWN_CONTAINERS,
+            docker_optional=settings.docker.install,
+            required_commands=("python3",),
+            extra_facts={"role": "head" if is_head else "worker"},
+        )
+        scripts = HostScripts(
+            preflight=preflight(pre),
+            storage=storage(
+                StorageSpec(
+                    host=host.name,
+                    device=host.storage.device,
+                    mount_point=host.storage.mount_point,
+                    filesystem=host.storage.filesystem,
+                    allow_format=host.storage.allow_format,
+                )
+            )
+            if host.storage
+            else None,
+            docker_install_local=_docker_local(settings, host, target, base_dir),
+            image_load_local=image_stream_load(target, host.name, image.name, image_id, tarball)
+            if tarball and image_id
+            else None,
+            image_pull=None if tarball else image_pull(host.name, image.name),
+        )
+        head = rendered[0] if rendered else None
+        node = NodeNetwork(
+            address=host.address,
+            socket_ifname=settings.nccl_ifname(host),
+            infiniband_hca=s.infiniband.hca if s.infiniband.enabled else None,
+        )
+        rendered.append(
+            HostDeployment(
+                host=host,
+                ssh=target,
+                scripts=scripts,
+                weights=_weights_steps(settings, host, target, head, base_dir),
+                node=node,
+            )
+        )
+    ready_timeout = s.ready_timeout_s or plan.ready_timeout_s
+    layout = None
+    if multi:
+        layout = RayLayout(
+            head_address=serving_hosts[0].address,
+            ray_port=s.ray_port,
+            gpus_per_node=plan.gpus_per_node,
+            nodes={h.name: h.address for h in serving_hosts},
+            join_timeout_s=ready_timeout,
+        )
+    return Deployment(
+        hosts=tuple(rendered),
+        launch=engine_launch(settings, plan),
+        layout=layout,
+        ready_timeout_s=ready_timeout,
+        image_id=image_id,
+    )
