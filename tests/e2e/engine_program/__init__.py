@@ -1,0 +1,1 @@
+"""Engine-check Pulumi program (a package only so mypy names its __main__ uniquely)."""
