@@ -247,7 +247,8 @@ def build(out: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    default = Path(os.environ.get("LAB_DIR", ".lab")) / "model" / "tiny-llama"
+    lab_dir = os.environ.get("LAB_DIR") or Path(__file__).resolve().parents[2] / ".lab"
+    default = Path(lab_dir) / "model" / "tiny-llama"
     parser.add_argument("out_dir", nargs="?", type=Path, default=default)
     args = parser.parse_args(argv)
     out: Path = args.out_dir.resolve()
