@@ -1,0 +1,182 @@
+"""The whole program (__main__.py) under Pulumi mocks: config in, resource graph out.
+
+Each test writes the operator-side files a stack refers to (model config, SSH key,
+known_hosts, image tarball) into a temporary project directory, sets the stack config the
+way `pulumi config set` would, runs __main__.py and inspects what it declared.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import runpy
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from tests.unit.pulumi_mocks import RecordingMocks, reveal
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "num_hidden_layers": 2,
+    "vocab_size": 512,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+IMAGE_ID = "sha256:" + "ab" * 32
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBlahBlahBlahBlahBlahBlahBlahBlahBlahBlahBlah"
+
+
+def write_project(tmp: Path, hosts: int) -> dict[str, Any]:
+    model = tmp / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (model / "model.safetensors").write_bytes(b"\0" * 64)
+    (tmp / "id_test").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n")
+    addresses = [f"10.9.0.{i + 1}" for i in range(hosts)]
+    (tmp / "known_hosts").write_text("".join(f"{a} {HOST_KEY}\n" for a in addresses))
+    manifest = json.dumps([{"Config": f"blobs/sha256/{IMAGE_ID[7:]}", "RepoTags": ["eng:1"]}])
+    with tarfile.open(tmp / "image.tar", "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest.encode()))
+    return {
+        "hosts": [
+            {
+                "name": f"n{i + 1}",
+                "address": a,
+                "nic": "eth0",
+                "gpus": {"count": 2, "model": "NVIDIA H20", "memory_gib": 96},
+            }
+            for i, a in enumerate(addresses)
+        ],
+        "ssh": {"private_key_file": "id_test", "known_hosts_file": "known_hosts"},
+        "model": {
+            "source": "local",
+            "local_dir": "model",
+            "path": "/data/models/tiny",
+            "served_name": "tiny",
+        },
+        "image": {"name": "eng:1", "tarball": "image.tar"},
+        "serving": {"max_model_len": 1024, "max_num_seqs": 4},
+    }
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    yield tmp_path
+
+
+def run_program(config: dict[str, Any], secrets: dict[str, str]) -> RecordingMocks:
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="vllm-cluster", stack="t", preview=False)
+    values = {f"vllm-cluster:{k}": json.dumps(v) for k, v in config.items()}
+    values.update({f"vllm-cluster:{k}": v for k, v in secrets.items()})
+    pulumi.runtime.set_all_config(values, secret_keys=[f"vllm-cluster:{k}" for k in secrets])
+
+    @pulumi.runtime.test
+    def program() -> None:
+        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
+
+    program()
+    return mocks
+
+
+def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
+    config = write_project(project, hosts=2)
+    config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    types = [r.type_ for r in mocks.resources]
+    assert types.count("vllm-cluster:index:GpuHost") == 2
+    assert types.count("vllm-cluster:index:RayVllmCluster") == 1
+    assert "vllm-cluster:index:VllmService" not in types
+    head = mocks.named("serving-head")
+    script = head.inputs["command"][1]
+    assert "--tensor-parallel-size 2 --pipeline-parallel-size 2" in script
+    assert "--distributed-executor-backend ray" in script
+    assert "VLLM_API_KEY=sk-lab" in reveal(head.inputs["envs"])
+    worker = mocks.named("serving-worker-n2")
+    assert "--address=10.9.0.1:6379" in worker.inputs["command"]
+    # The image is streamed only when the host lacks this exact ID.
+    load = mocks.named("n2-image-load").inputs["create"]
+    assert IMAGE_ID in load and "docker load" in load
+    # Head weights come from the operator machine; n2 fans out from n1.
+    assert "rsync" in mocks.named("weights-n1-fetch").inputs["create"]
+    assert "fanout" in mocks.named("weights-n2-fetch").inputs["create"]
+    # Preflight checks what the config expects of each host.
+    preflight = mocks.named("n1-preflight").inputs["create"]
+    assert "NVIDIA H20" in preflight and "eth0" in preflight and "10.9.0.1" in preflight
+    # The pinned host key reaches pulumi-command's connection.
+    connection = mocks.named("n1-preflight").inputs["connection"]
+    assert reveal(connection)["hostKey"] == HOST_KEY
+
+
+def test_one_host_goes_through_vllm_service_alone(project: Path) -> None:
+    mocks = run_program(write_project(project, hosts=1), {"apiKey": "sk-lab"})
+    types = [r.type_ for r in mocks.resources]
+    assert types.count("vllm-cluster:index:VllmService") == 1
+    assert "vllm-cluster:index:RayVllmCluster" not in types
+    server = mocks.named("serving-server")
+    assert server.inputs["name"] == "vllm-server"
+    assert "--distributed-executor-backend" not in server.inputs["command"]
+    assert "--tensor-parallel-size" in server.inputs["command"]
+
+
+def test_plan_uses_fewest_hosts_that_fit(project: Path) -> None:
+    """A tiny model on 3 hosts with auto layout serves on one; the others are untouched."""
+    mocks = run_program(write_project(project, hosts=3), {"apiKey": "sk-lab"})
+    hosts = [r.name for r in mocks.of_type("vllm-cluster:index:GpuHost")]
+    assert hosts == ["n1"]
+
+
+def test_invalid_settings_stop_before_any_resource(project: Path) -> None:
+    config = write_project(project, hosts=2)
+    config["hosts"][1]["address"] = "not an address!"
+    config["serving"]["gpu_memory_utilization"] = 1.5
+    with pytest.raises(Exception) as info:
+        run_program(config, {"apiKey": "sk-lab"})
+    message = str(info.value)
+    assert "hosts[1].address" in message
+    assert "serving.gpu_memory_utilization" in message
+
+
+def test_plan_that_cannot_fit_fails_with_the_reason(project: Path) -> None:
+    config = write_project(project, hosts=1)
+    config["hosts"][0]["gpus"]["memory_gib"] = 0.1
+    with pytest.raises(Exception) as info:
+        run_program(config, {"apiKey": "sk-lab"})
+    assert "cannot fit" in str(info.value)
+
+
+def test_unpinned_host_is_refused(project: Path) -> None:
+    config = write_project(project, hosts=2)
+    (project / "known_hosts").write_text(f"10.9.0.1 {HOST_KEY}\n")
+    with pytest.raises(Exception) as info:
+        run_program(config, {"apiKey": "sk-lab"})
+    assert "hosts[1].host_key" in str(info.value)
+
+
+def test_secret_ssh_key_is_written_private_and_never_exported(project: Path) -> None:
+    config = write_project(project, hosts=1)
+    del config["ssh"]["private_key_file"]
+    mocks = run_program(config, {"apiKey": "sk-lab", "sshPrivateKey": "KEY MATERIAL"})
+    key_file = project / "cache" / "vllm-cluster" / "vllm-cluster" / "t" / "id_ssh"
+    assert key_file.read_text() == "KEY MATERIAL\n"
+    assert os.stat(key_file).st_mode & 0o077 == 0
+    provider = mocks.named("n1-docker")
+    assert str(key_file) in provider.inputs["sshOpts"]
