@@ -99,6 +99,8 @@ class DownloadSpec:
     manifest_sha256: bool = False
     """Record sha256 in the manifest written after the download (slow for big models)."""
     attempts: int = 3
+    retry_delay_s: int = 15
+    """Wait before retry n is n x this (the CLIs resume, so retries continue)."""
 
 
 def _marker(spec: DownloadSpec) -> str:
@@ -129,8 +131,8 @@ def weights_download(spec: DownloadSpec) -> str:
         if not spec.token_file:
             raise ValueError("token='file' needs token_file")
         token_file = check_abs_path(spec.token_file, "token_file")
-    if spec.attempts < 1:
-        raise ValueError("attempts must be >= 1")
+    if spec.attempts < 1 or spec.retry_delay_s < 0:
+        raise ValueError("attempts must be >= 1 and retry_delay_s >= 0")
     path = _check_model_path(spec.path)
     lines = [
         f"SOURCE={q(spec.source)}",
@@ -143,6 +145,7 @@ def weights_download(spec: DownloadSpec) -> str:
         f"MODE={q(_check_mode(spec.verify))}",
         f"MANIFEST_SHA={1 if spec.manifest_sha256 else 0}",
         f"ATTEMPTS={int(spec.attempts)}",
+        f"RETRY_DELAY={int(spec.retry_delay_s)}",
         f"MARKER={q(DOWNLOAD_MARKER)}",
         f"MARKER_TEXT={q(_marker(spec))}",
         _tool_function(),

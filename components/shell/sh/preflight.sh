@@ -68,11 +68,11 @@ if [ "$GPU_CHECK" = 1 ] && [ "$SMI_OK" = 1 ]; then
     fi
   done
   if [ "${#BAD_MODELS[@]}" -gt 0 ]; then
-    problem "GPU model does not contain '$EXP_MODEL': ${BAD_MODELS[*]}" \
+    problem "GPU model does not contain '$EXP_MODEL': $(IFS=,; echo "${BAD_MODELS[*]}")" \
       "set gpus.model of host $HOST to part of the name nvidia-smi reports ('${GPU_NAMES[0]}')"
   fi
   if [ "${#BAD_MEM[@]}" -gt 0 ]; then
-    problem "GPU memory differs from the configured $EXP_GIB GiB by more than $TOL_PCT%: ${BAD_MEM[*]}" \
+    problem "GPU memory differs from the configured $EXP_GIB GiB by more than $TOL_PCT%: $(IFS=,; echo "${BAD_MEM[*]}")" \
       "set gpus.memory_gib of host $HOST to what nvidia-smi reports (memory.total MiB / 1024)"
   fi
   if [ "$COUNT" -gt 0 ] && [ -z "$DRIVER" ]; then

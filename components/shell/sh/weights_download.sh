@@ -51,8 +51,8 @@ n=1
 # Both CLIs resume partial files, so a retry continues where the last attempt stopped.
 until "${CLI[@]}" "${ARGS[@]}" </dev/null >&2; do
   [ "$n" -lt "$ATTEMPTS" ] || die "download of $MODEL_ID failed $ATTEMPTS times. Fix: check the network/mirror (model.hub_endpoint) and the token (vllm-cluster:hubToken), then re-run: it resumes"
-  log "download attempt $n/$ATTEMPTS failed; retrying in $(( n * 15 )) s"
-  sleep $(( n * 15 )); n=$(( n + 1 ))
+  log "download attempt $n/$ATTEMPTS failed; retrying in $(( n * RETRY_DELAY )) s"
+  sleep $(( n * RETRY_DELAY )); n=$(( n + 1 ))
 done
 unset HF_TOKEN MODELSCOPE_API_TOKEN
 log "downloaded; writing the manifest"

@@ -1,0 +1,190 @@
+"""Preflight against this machine: a fake nvidia-smi (and the fake
+nvidia-container-runtime-hook the lab uses) on PATH; the real docker, ip, ss, df, getent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.shell import GpuExpectation, PreflightSpec, preflight
+
+from .conftest import needs_root, run_script, write_exe
+
+pytestmark = pytest.mark.scripts
+
+
+def host_nic() -> tuple[str, str]:
+    """(interface, IPv4 address) of the first non-loopback interface with an address."""
+    out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        fields = line.split()
+        if fields[1] != "lo":
+            return fields[1], fields[3].split("/")[0]
+    pytest.skip("no non-loopback IPv4 interface on this machine")
+
+
+@pytest.fixture
+def gpu_bin(fake_bin: Path) -> Path:
+    """Two H20s as nvidia-smi's CSV query prints them, plus the lab's fake hook."""
+    needs_root()
+    if shutil.which("docker") is None:
+        pytest.skip("docker client missing (tools/ensure-docker.sh)")
+    write_exe(
+        fake_bin / "nvidia-smi",
+        "#!/bin/sh\n"
+        'case "$*" in *--query-gpu=name,memory.total,driver_version*) ;;'
+        ' *) echo "unexpected: $*" >&2; exit 2 ;; esac\n'
+        "echo 'NVIDIA H20, 97871, 550.54.15'\necho 'NVIDIA H20, 97871, 550.54.15'\n",
+    )
+    write_exe(fake_bin / "nvidia-container-runtime-hook", "#!/bin/sh\ncat >/dev/null\n")
+    return fake_bin
+
+
+@pytest.fixture
+def listening_port() -> Iterator[int]:
+    """A TCP port held by this test (an engine that is not ours)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        yield s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def spec(tmp_path: Path, **kw: Any) -> PreflightSpec:
+    nic, ip = host_nic()
+    args: dict[str, Any] = {
+        "host": "lab-1",
+        "weights_path": str(tmp_path / "models" / "tiny"),
+        "gpus": GpuExpectation(count=2, model="h20", memory_gib=96),
+        "nic": nic,
+        "address": ip,
+        "multi_node": True,
+        "needed_bytes": 1024**3,
+        "ports": (free_port(),),
+        "own_containers": ("vllm-cluster-test-not-running",),
+        "min_shm_bytes": 1024**2,
+        "required_commands": ("python3",),
+        "extra_facts": {"role": "head"},
+    }
+    args.update(kw)
+    return PreflightSpec(**args)
+
+
+def test_matching_expectations_pass_with_facts(gpu_bin: Path, tmp_path: Path) -> None:
+    s = spec(tmp_path)
+    proc = run_script(preflight(s), path_prefix=gpu_bin)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    facts = json.loads(proc.stdout)
+    assert facts["gpu_count"] == 2
+    assert facts["gpus"][0] == {"name": "NVIDIA H20", "memory_mib": 97871}
+    assert facts["driver_version"] == "550.54.15"
+    assert facts["docker_version"]
+    assert facts["docker_gpu_support"] == "nvidia-container-runtime-hook"
+    assert facts["nic"] == s.nic
+    assert s.address in facts["nic_ips"]
+    assert facts["disk_path"] == str(tmp_path)
+    assert facts["disk_avail_bytes"] > 1024**3
+    assert facts["ports"] == {str(s.ports[0]): "free"}
+    assert facts["role"] == "head"
+    assert "[lab-1] preflight: gpus: 2 x NVIDIA H20" in proc.stderr
+    assert "preflight lab-1:" not in proc.stderr
+
+
+def test_all_problems_listed(gpu_bin: Path, tmp_path: Path, listening_port: int) -> None:
+    s = spec(
+        tmp_path,
+        gpus=GpuExpectation(count=8, model="H100", memory_gib=80),
+        nic="vllmtest9",
+        needed_bytes=10 * 1024**5,  # 10 PiB
+        ports=(listening_port,),
+        required_commands=("python3", "vllm-cluster-no-such-tool"),
+    )
+    proc = run_script(preflight(s), path_prefix=gpu_bin)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    problems = [ln for ln in proc.stderr.splitlines() if ln.startswith("preflight lab-1: ")]
+    text = "\n".join(problems)
+    for want in (
+        "found 2 GPUs, the config expects 8",
+        "GPU model does not contain 'H100'",
+        "GPU memory differs from the configured 80 GiB by more than 2%",
+        "network interface vllmtest9 not found",
+        "the weights need 10485760.0 GiB more",
+        f"port {listening_port} is already in use",
+        "command vllm-cluster-no-such-tool not found",
+    ):
+        assert want in text, f"{want!r} not in:\n{text}"
+    assert all(". Fix: " in ln for ln in problems), text
+    assert len(problems) == 7
+    assert "FAILED with 7 problem(s)" in proc.stderr
+
+
+def test_missing_nvidia_smi_and_gpu_support(fake_bin: Path, tmp_path: Path) -> None:
+    needs_root()
+    # PATH without the fake tools: this machine has no GPU driver and no NVIDIA hook.
+    if shutil.which("nvidia-smi") or shutil.which("nvidia-container-runtime-hook"):
+        pytest.skip("this machine has NVIDIA tools installed")
+    proc = run_script(preflight(spec(tmp_path)))
+    assert proc.returncode == 1
+    assert "nvidia-smi not found. Fix: install the NVIDIA driver" in proc.stderr
+    assert "Docker cannot start GPU containers" in proc.stderr
+
+
+def test_address_on_another_nic(gpu_bin: Path, tmp_path: Path) -> None:
+    nic, ip = host_nic()
+    proc = run_script(preflight(spec(tmp_path, nic="lo", address=ip)), path_prefix=gpu_bin)
+    assert proc.returncode == 1
+    assert f"address {ip} ({ip}) is on {nic}, not on nic lo" in proc.stderr
+    assert f"Fix: set nic of host lab-1 to {nic}" in proc.stderr
+    assert "nic is the loopback interface" in proc.stderr
+
+
+def test_dns_name_resolved_with_getent(gpu_bin: Path, tmp_path: Path) -> None:
+    proc = run_script(
+        preflight(spec(tmp_path, nic="lo", address="localhost", multi_node=False)),
+        path_prefix=gpu_bin,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "127.0.0.1" in json.loads(proc.stdout)["address_ips"]
+
+
+def test_small_shm_fails_only_with_ipc_host(gpu_bin: Path, tmp_path: Path) -> None:
+    huge = 1024**5
+    fail = run_script(preflight(spec(tmp_path, min_shm_bytes=huge)), path_prefix=gpu_bin)
+    assert fail.returncode == 1
+    assert "/dev/shm is" in fail.stderr and "--ipc host" in fail.stderr
+    warn = run_script(
+        preflight(spec(tmp_path, min_shm_bytes=huge, ipc_host=False)), path_prefix=gpu_bin
+    )
+    assert warn.returncode == 0, warn.stderr
+    assert "preflight lab-1: warning: /dev/shm is" in warn.stderr
+
+
+def test_existing_weights_reduce_the_need(gpu_bin: Path, tmp_path: Path) -> None:
+    """A resumed download needs only what is missing."""
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "part.safetensors").write_bytes(b"x" * 1024 * 1024)
+    proc = run_script(preflight(spec(tmp_path, needed_bytes=1024 * 1024)), path_prefix=gpu_bin)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["weights_existing_bytes"] >= 1024 * 1024
+    assert facts["disk_path"] == str(model)
