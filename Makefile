@@ -5,13 +5,17 @@ WITH_ENV := tools/with-env
 PY := .venv/bin/python
 LAB_HOSTS ?= 2
 
-.PHONY: venv toolchain docker lab-up lab-down demo smoke test unit lint bench clean
+.PHONY: venv deps toolchain docker lab-up lab-down demo smoke test unit lint bench clean
 
 venv: .venv/.installed
 .venv/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
+
+# Debian packages the host-step scripts and their tests use (installs only what is missing).
+deps:
+	tests/scripts/install-deps.sh
 
 toolchain:
 	tools/build-toolchain.sh
@@ -26,18 +30,19 @@ lab-down:
 	$(WITH_ENV) lab/lab down
 
 # README main command: the lab, then `pulumi up --stack lab` to a working endpoint.
-demo: venv toolchain lab-up
+demo: venv deps toolchain lab-up
 	$(WITH_ENV) tools/demo.sh
 
+STACK ?= lab
 smoke: venv
-	$(WITH_ENV) $(PY) tools/smoke.py
+	STACK=$(STACK) SMOKE_IGNORE_STDIN=1 $(WITH_ENV) $(PY) tools/smoke.py
 
 unit: venv
 	$(WITH_ENV) $(PY) -m pytest -q tests/unit
 
 # README test command: every layer (unit, scripts, lab, end-to-end through the real CLI).
-test: venv toolchain docker lint
-	$(WITH_ENV) $(PY) -m pytest -q -rs tests
+test: venv deps toolchain docker lint
+	$(WITH_ENV) $(PY) -m pytest -q -rs --durations=15 tests
 
 lint: venv
 	.venv/bin/ruff check .
