@@ -461,27 +461,20 @@ def host_config(host: Host, image: str, settings: Settings, pubkey: str) -> dict
     }
 
 
-def start_host(
-    host: Host, config: dict[str, Any], spare: dict[str, Any] | None, digest: str
-) -> None:
-    docker(
-        "volume",
-        "create",
-        f"--label={LABEL}=1",
-        f"--label=vllm-lab.host={host.index}",
-        host.volume,
-    )
+def run_args(host: Host, config: dict[str, Any], spare: dict[str, Any] | None) -> list[str]:
+    """`docker run` arguments of a host; their hash labels the container, so any change of
+    image, settings or these flags makes `lab up` recreate it."""
     args = [
-        "run",
         "--detach",
         "--init",
         f"--name={host.container}",
         f"--hostname={host.name}",
         f"--network={NETWORK}",
         f"--ip={host.address}",
+        # Hosts resolve each other by name (lab-2 -> 172.31.250.12), as servers in a cluster do.
+        f"--network-alias={host.name}",
         f"--label={LABEL}=1",
         f"--label=vllm-lab.host={host.index}",
-        f"--label=vllm-lab.config={digest}",
         "--stop-timeout=30",
         f"--shm-size={config['shm_mb']}m",
         # Inner Docker data on disk (a volume), not in RAM: real engine images are several GB.
@@ -495,7 +488,18 @@ def start_host(
             f"--device={spare['device']}:{spare['device']}",
             f"--env=LAB_SPARE_DISK={spare['device']}",
         ]
-    docker(*args, config["image"])
+    return [*args, config["image"]]
+
+
+def start_host(host: Host, args: list[str], digest: str) -> None:
+    docker(
+        "volume",
+        "create",
+        f"--label={LABEL}=1",
+        f"--label=vllm-lab.host={host.index}",
+        host.volume,
+    )
+    docker("run", f"--label=vllm-lab.config={digest}", *args)
 
 
 def wait_host(host: Host, settings: Settings, t0: float) -> HostReady:
@@ -567,9 +571,8 @@ def ensure_host(host: Host, image: str, settings: Settings, pubkey: str) -> Host
     spare = ensure_spare_disk(host, settings.spare_disk_mb) if settings.spare_disk_mb else None
     if not spare:
         release_spare_disk(host.disk_file)
-    digest = hashlib.sha256(
-        json.dumps({**config, "spare": spare}, sort_keys=True).encode()
-    ).hexdigest()[:16]
+    args = run_args(host, config, spare)
+    digest = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
     state = container_state(host.container)
     if state is not None and state["Config"]["Labels"].get("vllm-lab.config") != digest:
         log("configuration or image changed: recreating (its Docker volume is kept)", host.name)
@@ -577,7 +580,7 @@ def ensure_host(host: Host, image: str, settings: Settings, pubkey: str) -> Host
         docker("rm", "-f", host.container)
         state = None
     if state is None:
-        start_host(host, config, spare, digest)
+        start_host(host, args, digest)
         log(f"started {host.container} at {host.address}", host.name)
     elif not state["State"]["Running"]:
         docker("start", host.container)
@@ -790,19 +793,36 @@ def cmd_down(purge: bool) -> int:
             path.unlink(missing_ok=True)
         shutil.rmtree(LAB_DIR / "tmp", ignore_errors=True)
         if purge:
-            # The lab's host/probe images and the engine helper's stand-in images.
-            images = [
-                ref
-                for ref in docker("images", "--format", "{{.Repository}}:{{.Tag}}").split()
-                if ref.startswith(("vllm-lab-", "vllm-standin"))
-            ]
-            if images:
-                run(["docker", "rmi", "-f", *sorted(set(images))], check=False)
+            removed = purge_images()
             for sub in ("images", "model", "disks", "ssh", "cache"):
                 shutil.rmtree(LAB_DIR / sub, ignore_errors=True)
-            log(f"purged cached images ({len(set(images))}) and {LAB_DIR}")
+            log(f"purged {removed} cached image(s) and {LAB_DIR}")
         log("lab is down")
     return 0
+
+
+def purge_images() -> int:
+    """Remove the lab's host/probe images and the stand-in engine images (lab/engine labels
+    them org.vllm-cluster.lab.fixture), tagged or left dangling by rebuilds."""
+    refs = {
+        ref
+        for ref in docker("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+        if ref.startswith(("vllm-lab-", "vllm-standin"))
+    }
+    for label in ("vllm-lab.cache", "org.vllm-cluster.lab.fixture"):
+        refs.update(docker("images", "-aq", "--no-trunc", "--filter", f"label={label}").split())
+    removed = 0
+    # Children first: an image other images were committed on top of refuses removal until
+    # they are gone, so retry the rest while something could be removed.
+    while refs:
+        gone = {
+            ref for ref in refs if run(["docker", "rmi", "-f", ref], check=False).returncode == 0
+        }
+        if not gone:
+            break
+        removed += len(gone)
+        refs -= gone
+    return removed
 
 
 def host_status(entry: dict[str, Any]) -> tuple[bool, str]:
