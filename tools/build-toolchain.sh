@@ -325,7 +325,7 @@ replace (
   local stage1="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-docker.stage1"
   go_build "$dir" "$log" "$stage1" no_compose "$ldflags" . || return 1
   say "docker: generating the Pulumi schema"
-  if ! (cd "$dir" && "$stage1" --emit-schema >"$dir/schema.json.new" 2>>"$log"); then
+  if ! (cd "$dir" && TF_DOCKER_SOURCE_DIR="$upstream" "$stage1" --emit-schema >"$dir/schema.json.new" 2>>"$log"); then
     say "docker: schema generation failed; last lines of $log:"
     tail -n 25 "$log" | sed 's/^/    /' >&2
     return 1

@@ -27,7 +27,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ENV_SH = REPO_ROOT / "tools" / "env.sh"
 
 #: Binaries that must be found on the toolchain PATH for any Python program to run.
-CORE_BINARIES = ("pulumi", "pulumi-language-python", "pulumi-language-python-exec")
+CORE_BINARIES = (
+    "pulumi",
+    "pulumi-language-python",
+    "pulumi-language-python-exec",
+    "pulumi-resource-pulumi-python",  # the host of pulumi.dynamic providers
+)
 
 DEFAULT_TIMEOUT_S = 900.0
 TAIL_LINES = 60
@@ -287,7 +292,8 @@ def temporary_stack(
     A failing cleanup is raised only when the block itself succeeded, so the first error
     stays the one reported.
     """
-    run_env = pulumi_env(env)
+    # Test stacks are removed at the end: no checkpoint backups (.bak files) left behind.
+    run_env = pulumi_env({"PULUMI_DISABLE_CHECKPOINT_BACKUPS": "true", **(env or {})})
     pulumi = find_binary("pulumi", run_env)
     if pulumi is None:
         raise FileNotFoundError("pulumi is not on the toolchain PATH: run `make toolchain`")

@@ -39,6 +39,16 @@ def _docker_inspect(docker: str, name: str) -> dict[str, Any] | None:
     return item
 
 
+def _sdk_plugin_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The provider version each installed Python SDK requests (its pulumi-plugin.json)."""
+    versions = {}
+    for name in names:
+        module = __import__(f"pulumi_{name}")
+        plugin_json = Path(module.__file__ or "").parent / "pulumi-plugin.json"
+        versions[name] = str(json.loads(plugin_json.read_text())["version"])
+    return versions
+
+
 def _run_lifecycle(stack: PulumiStack, parts: set[str]) -> dict[str, Any]:
     """preview, up, then prove idempotence; returns the outputs after the first up."""
     preview = stack.preview()
@@ -117,8 +127,13 @@ def test_engine_lifecycle(
             assert info["Config"]["Labels"]["vllm-cluster.e2e"] == "engine-check"
             assert info["Image"] == outputs["imageId"]
 
-        types = {r["type"] for r in stack.resources()}
+        resources = stack.resources()
+        types = {r["type"] for r in resources}
         assert "pulumi-python:dynamic:Resource" in types
+        # The engine loaded each provider at the version the installed SDK asks for.
+        for name, version in _sdk_plugin_versions(plugins).items():
+            provider = next(r for r in resources if r["type"] == f"pulumi:providers:{name}")
+            assert provider["inputs"]["version"] == version, provider
         if "docker" in parts:
             assert set(SDK_RESOURCES) & types == {
                 "docker:index/container:Container",
@@ -196,3 +211,14 @@ def test_docker_provider_matches_sdk(
 
     provider_inputs = _schema_properties(schema["provider"].get("inputProperties"))
     assert provider_inputs == _sdk_properties(pulumi_docker.ProviderArgs)
+
+    # Nested input types (ContainerLabel, ContainerPort, ...): same fields as the SDK's
+    # <Name>Args classes. Function result and provider-config types have other class names.
+    checked = 0
+    for token, spec in schema["types"].items():
+        args_cls = getattr(pulumi_docker, token.rsplit(":", 1)[-1] + "Args", None)
+        if args_cls is None:
+            continue
+        checked += 1
+        assert _schema_properties(spec.get("properties")) == _sdk_properties(args_cls), token
+    assert checked >= 70, f"only {checked} nested types matched SDK classes"

@@ -124,8 +124,11 @@ func providerInfo() tfbridge.ProviderInfo {
 
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == "--emit-schema" {
+		info := providerInfo()
+		// The Terraform provider's docs/ (from its module) give the schema its descriptions.
+		info.UpstreamRepoPath = os.Getenv("TF_DOCKER_SOURCE_DIR")
 		sink := diag.DefaultSink(os.Stderr, os.Stderr, diag.FormatOptions{Color: colors.Never})
-		spec, err := tfgen.GenerateSchema(providerInfo(), sink)
+		spec, err := tfgen.GenerateSchema(info, sink)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "generating the schema failed: %v\n", err)
 			os.Exit(1)
