@@ -257,8 +257,9 @@ class PulumiStack:
         return list(deployment.get("resources") or [])
 
     def remove(self, *, check: bool = True) -> CommandResult:
-        """``pulumi stack rm --yes --force`` (``--force`` also drops leftover resources)."""
-        return self.run("stack", "rm", "--yes", "--force", check=check)
+        """``pulumi stack rm --yes --remove-backups``: the stack, its backups and its
+        ``Pulumi.<stack>.yaml``. Refuses (fails) while the stack still has resources."""
+        return self.run("stack", "rm", "--yes", "--remove-backups", check=check)
 
 
 def _text(data: bytes | str | None) -> str:
@@ -288,12 +289,12 @@ def temporary_stack(
 
     ``config`` values are set in plain text, ``secret_config`` with ``--secret`` and
     ``path_config`` with ``--path`` (keys like ``'vllm:hosts[0].address'``). On exit the
-    stack's resources are destroyed and the stack is removed, whatever happened inside.
-    A failing cleanup is raised only when the block itself succeeded, so the first error
-    stays the one reported.
+    stack's resources are destroyed and the stack is removed (with its backups and its
+    ``Pulumi.<stack>.yaml``), whatever happened inside. A failing cleanup is raised only when
+    the block itself succeeded, so the first error stays the one reported. If ``destroy``
+    itself fails the stack is kept, so that its state still names what is left behind.
     """
-    # Test stacks are removed at the end: no checkpoint backups (.bak files) left behind.
-    run_env = pulumi_env({"PULUMI_DISABLE_CHECKPOINT_BACKUPS": "true", **(env or {})})
+    run_env = pulumi_env(env)
     pulumi = find_binary("pulumi", run_env)
     if pulumi is None:
         raise FileNotFoundError("pulumi is not on the toolchain PATH: run `make toolchain`")
@@ -321,6 +322,7 @@ def _cleanup(stack: PulumiStack, *, destroy: bool, check: bool) -> None:
     destroyed_ok = True
     if destroy:
         destroyed_ok = stack.destroy(check=check).returncode == 0
-    # After a failed destroy, keep the stack so its state still points at what is left.
+    # After a failed destroy, keep the stack (and its Pulumi.<stack>.yaml): its state still
+    # points at whatever is left, for a person to inspect and destroy.
     if destroyed_ok:
         stack.remove(check=check)

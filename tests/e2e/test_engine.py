@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.pulumi_cli import PulumiStack, find_binary, temporary_stack
+from tests.e2e.pulumi_cli import PulumiCommandError, PulumiStack, find_binary, temporary_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -222,3 +222,31 @@ def test_docker_provider_matches_sdk(
         checked += 1
         assert _schema_properties(spec.get("properties")) == _sdk_properties(args_cls), token
     assert checked >= 70, f"only {checked} nested types matched SDK classes"
+
+
+def test_failed_update_raises_with_pulumi_output(toolchain_env: dict[str, str]) -> None:
+    """A failing `pulumi up` raises with Pulumi's own message, and the stack is still removed."""
+    with (
+        pytest.raises(PulumiCommandError) as failure,
+        temporary_stack(
+            PROGRAM,
+            prefix="engine-fail",
+            # The docker part needs engine-check:image, which is not set.
+            config={"parts": "core,docker"},
+            secret_config={"token": "unused"},
+            env=toolchain_env,
+        ) as stack,
+    ):
+        stack.up()
+    message = str(failure.value)
+    assert "engine-check:image" in message, message
+    assert failure.value.result.returncode != 0
+    listed = subprocess.run(
+        [str(find_binary("pulumi", toolchain_env)), "stack", "ls", "--json"],
+        cwd=PROGRAM,
+        env=toolchain_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert stack.name not in listed.stdout
