@@ -155,6 +155,7 @@ build_cli() {
   local log="$log_dir/cli.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi" external
   if external="$(external_binary pulumi)" && [[ "$("$external" version 2>/dev/null)" == "$PULUMI_VERSION" ]]; then
     say "cli: using $external ($PULUMI_VERSION, installed outside .toolchain)"
+    rm -f "$bin_dir/pulumi" # a stale build here would shadow it on PATH
     return 0
   fi
   local key
@@ -191,6 +192,7 @@ build_python() {
   if external="$(external_binary pulumi-language-python)" &&
     [[ -x "$(dirname "$external")/pulumi-language-python-exec" ]]; then
     say "python: using $external (installed outside .toolchain, with its executor)"
+    rm -f "$bin_dir"/pulumi-language-python{,-exec} "$bin_dir/pulumi-resource-pulumi-python"
     return 0
   fi
   local key
@@ -229,10 +231,23 @@ ok = any(p.get("kind") == "resource" and p.get("name") == name and p.get("versio
 sys.exit(0 if ok else 1)' "$1" "$2"
 }
 
+# A provider binary outside .toolchain (PATH) whose --version prints the wanted version.
+external_plugin() { # name version
+  local found
+  found="$(external_binary "pulumi-resource-$1")" || return 1
+  [[ "$(timeout 20 "$found" --version 2>/dev/null | head -n1)" =~ ^v?"$2"$ ]] || return 1
+  echo "$found"
+}
+
 build_command() {
-  local log="$log_dir/command.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-command"
+  local log="$log_dir/command.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-command" external
   if plugin_installed command "$COMMAND_VERSION"; then
     say "command: resource plugin command $COMMAND_VERSION already installed in $PULUMI_HOME"
+    return 0
+  fi
+  if external="$(external_plugin command "$COMMAND_VERSION")"; then
+    say "command: using $external ($COMMAND_VERSION, installed outside .toolchain)"
+    rm -f "$bin_dir/pulumi-resource-command"
     return 0
   fi
   local key
@@ -262,9 +277,14 @@ require $COMMAND_MODULE $COMMAND_MODULE_VERSION" || return 1
 }
 
 build_docker() {
-  local log="$log_dir/docker.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-docker"
+  local log="$log_dir/docker.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-docker" external
   if plugin_installed docker "$DOCKER_VERSION"; then
     say "docker: resource plugin docker $DOCKER_VERSION already installed in $PULUMI_HOME"
+    return 0
+  fi
+  if external="$(external_plugin docker "$DOCKER_VERSION")"; then
+    say "docker: using $external ($DOCKER_VERSION, installed outside .toolchain)"
+    rm -f "$bin_dir/pulumi-resource-docker"
     return 0
   fi
   local key
@@ -362,7 +382,7 @@ say "summary (total $(fmt_secs $((SECONDS - total_start)))):"
 for component in "${components[@]}"; do
   say "  $(printf '%-8s' "$component") ${result[$component]}"
 done
-if [[ -x "$bin_dir/pulumi" ]]; then
-  say "  pulumi version: $("$bin_dir/pulumi" version)"
+if command -v pulumi >/dev/null 2>&1; then
+  say "  pulumi on PATH: $(command -v pulumi) $(pulumi version)"
 fi
 exit "$failed"
