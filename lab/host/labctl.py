@@ -405,18 +405,20 @@ def ensure_spare_disk(host: Host, size_mb: int) -> dict[str, Any]:
     """A sparse file attached as a loop device (with partition scanning) for storage tests."""
     DISKS_DIR.mkdir(parents=True, exist_ok=True)
     path = host.disk_file
+    size = size_mb * 1024 * 1024
     with _losetup_lock:  # `losetup -f` picks the first free device: one at a time
         devices = loop_devices_of(path)
-        if devices and path.stat().st_size != size_mb * 1024 * 1024:
+        if path.exists() and path.stat().st_size != size:
             for dev in devices:
                 run(["losetup", "-d", dev])
             devices = []
             path.unlink()
-        if not devices:
+        if not path.exists():
             with open(path, "wb") as f:
-                f.truncate(size_mb * 1024 * 1024)
-            dev = run(["losetup", "-f", "--show", "-P", str(path)]).stdout.strip()
-            devices = [dev]
+                f.truncate(size)  # sparse: takes no space until written
+        if not devices:
+            # Reattaching an existing file (e.g. after a reboot) keeps what was written on it.
+            devices = [run(["losetup", "-f", "--show", "-P", str(path)]).stdout.strip()]
     return {"device": devices[0], "size_mb": size_mb}
 
 
@@ -569,8 +571,6 @@ def ensure_host(host: Host, image: str, settings: Settings, pubkey: str) -> Host
     t0 = time.monotonic()
     config = host_config(host, image, settings, pubkey)
     spare = ensure_spare_disk(host, settings.spare_disk_mb) if settings.spare_disk_mb else None
-    if not spare:
-        release_spare_disk(host.disk_file)
     args = run_args(host, config, spare)
     digest = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
     state = container_state(host.container)
@@ -585,6 +585,8 @@ def ensure_host(host: Host, image: str, settings: Settings, pubkey: str) -> Host
     elif not state["State"]["Running"]:
         docker("start", host.container)
         log(f"restarted stopped {host.container}", host.name)
+    if not spare:
+        release_spare_disk(host.disk_file)  # after the host stopped using it, if it did
     ready = wait_host(host, settings, t0)
     # `up` is declarative: reset the simulated GPUs even if someone changed them live.
     run(
