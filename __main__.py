@@ -69,20 +69,16 @@ def write_private(path: Path, text: str) -> None:
         f.write(text if text.endswith("\n") else text + "\n")
 
 
-def ssh_credentials(
-    settings: Settings, config: pulumi.Config
-) -> tuple[OperatorFiles, pulumi.Output[str]]:
-    """The private key (as a Pulumi secret, for pulumi-command; as a file, for OpenSSH
-    clients) and the pinned host keys (as a known_hosts file, and per host)."""
+def ssh_credentials(settings: Settings) -> OperatorFiles:
+    """The private key as a file and the pinned host keys as a known_hosts file: every SSH
+    client of the program (commands, docker provider, rsync) is OpenSSH with these."""
     if settings.ssh.private_key_file:
         key_path = (PROJECT_DIR / Path(settings.ssh.private_key_file).expanduser()).resolve()
-        private_key = pulumi.Output.secret(key_path.read_text())
     else:
-        # OpenSSH clients (docker provider, rsync) need a file: write the secret to a 0600
-        # file in the operator's own cache, never into the project or the state.
+        # OpenSSH needs a file: write the secret to a 0600 file in the operator's own cache,
+        # never into the project or the state.
         key_path = operator_dir() / "id_ssh"
         write_private(key_path, str(get_config(f"{NAMESPACE}:sshPrivateKey")))
-        private_key = config.require_secret("sshPrivateKey")
 
     keys: dict[str, str] = {}
     known_text = ""
@@ -108,10 +104,10 @@ def ssh_credentials(
         pinned = operator_dir() / "known_hosts"
         pinned.write_text(known_hosts_text(settings.hosts, keys))
         known_file = str(pinned)
-    return OperatorFiles(str(key_path), known_file, keys), private_key
+    return OperatorFiles(str(key_path), known_file, keys)
 
 
-def declare(dep: Deployment, settings: Settings, private_key: pulumi.Output[str]) -> None:
+def declare(dep: Deployment, settings: Settings) -> None:
     config = pulumi.Config()
     api_key = config.require_secret("apiKey")
     hub_token = config.get_secret("hubToken") if settings.secrets.hub_token else None
@@ -121,7 +117,6 @@ def declare(dep: Deployment, settings: Settings, private_key: pulumi.Output[str]
             hd.host.name,
             GpuHostArgs(
                 ssh=hd.ssh,
-                private_key=private_key,
                 image_name=settings.image.name,
                 scripts=hd.scripts,
             ),
@@ -225,9 +220,9 @@ def main() -> None:
         f"{plan.nodes} node(s); KV cache {plan.kv_cache_tokens:,} tokens, "
         f"max concurrency {plan.max_concurrency} at max_model_len {plan.max_model_len}"
     )
-    files, private_key = ssh_credentials(settings, config)
+    files = ssh_credentials(settings)
     dep = render_deployment(settings, plan, files, PROJECT_DIR)
-    declare(dep, settings, private_key)
+    declare(dep, settings)
 
 
 main()

@@ -90,7 +90,7 @@ class OperatorFiles:
 
     private_key_file: str
     known_hosts_file: str
-    # host name -> pinned key in authorized_keys form (for pulumi-command)
+    # host name -> pinned key (`<type> <base64>`), as written to known_hosts_file
     host_keys: dict[str, str]
 
 
@@ -141,7 +141,6 @@ def _ssh_target(settings: Settings, host: Host, files: OperatorFiles) -> SshTarg
         port=host.port,
         private_key_file=files.private_key_file,
         known_hosts_file=files.known_hosts_file,
-        host_key=files.host_keys.get(host.name),
         bastion=Bastion(b.address, b.user, b.port) if b else None,
         connect_timeout_s=settings.ssh.connect_timeout_s,
     )

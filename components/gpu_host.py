@@ -13,9 +13,8 @@ from typing import Any
 
 import pulumi
 import pulumi_docker as docker
-from pulumi_command import local, remote
 
-from components.shell import remote_command
+from components.commands import ShellCommand
 from components.ssh import SshTarget
 
 
@@ -38,31 +37,8 @@ class HostScripts:
 @dataclass(frozen=True)
 class GpuHostArgs:
     ssh: SshTarget
-    # The private key for pulumi-command's in-process SSH client; a Pulumi secret.
-    private_key: pulumi.Input[str]
     image_name: str
     scripts: HostScripts
-
-
-def remote_connection(ssh: SshTarget, private_key: pulumi.Input[str]) -> remote.ConnectionArgs:
-    proxy = None
-    if ssh.bastion:
-        proxy = remote.ProxyConnectionArgs(
-            host=ssh.bastion.address,
-            port=ssh.bastion.port,
-            user=ssh.bastion.user,
-            private_key=private_key,
-        )
-    return remote.ConnectionArgs(
-        host=ssh.address,
-        port=ssh.port,
-        user=ssh.user,
-        private_key=private_key,
-        host_key=ssh.host_key,
-        proxy=proxy,
-        per_dial_timeout=ssh.connect_timeout_s,
-        dial_error_limit=3,
-    )
 
 
 class GpuHost(pulumi.ComponentResource):
@@ -75,23 +51,22 @@ class GpuHost(pulumi.ComponentResource):
     facts: pulumi.Output[Any]
     image_id: pulumi.Output[str]
     docker_provider: docker.Provider
-    connection: remote.ConnectionArgs
+    ssh: SshTarget
     ready: list[pulumi.Resource]
 
     def __init__(
         self, name: str, args: GpuHostArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("vllm-cluster:index:GpuHost", name, None, opts)
-        self.connection = remote_connection(args.ssh, args.private_key)
+        self.ssh = args.ssh
         child = pulumi.ResourceOptions(parent=self)
         previous: list[pulumi.Resource] = []
 
-        def step(role: str, script: str, stdin: pulumi.Input[str] | None = None) -> remote.Command:
-            cmd = remote.Command(
+        def step(role: str, script: str, on_host: bool = True) -> ShellCommand:
+            cmd = ShellCommand(
                 f"{name}-{role}",
-                connection=self.connection,
-                create=remote_command(script),
-                stdin=stdin,
+                target=args.ssh.ssh_command() if on_host else [],
+                create=script,
                 opts=pulumi.ResourceOptions.merge(
                     child, pulumi.ResourceOptions(depends_on=list(previous))
                 ),
@@ -103,27 +78,12 @@ class GpuHost(pulumi.ComponentResource):
         if s.storage:
             step("storage", s.storage)
         if s.docker_install_local:
-            docker_step = local.Command(
-                f"{name}-docker-install",
-                create=s.docker_install_local,
-                interpreter=["/bin/bash", "-c"],
-                opts=pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=list(previous))
-                ),
-            )
-            previous[:] = [docker_step]
+            step("docker-install", s.docker_install_local, on_host=False)
         preflight = step("preflight", s.preflight)
         self.facts = preflight.stdout.apply(_last_json_line)
 
         if s.image_load_local:
-            load: pulumi.Resource = local.Command(
-                f"{name}-image-load",
-                create=s.image_load_local,
-                interpreter=["/bin/bash", "-c"],
-                opts=pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=[preflight])
-                ),
-            )
+            load: pulumi.Resource = step("image-load", s.image_load_local, on_host=False)
         elif s.image_pull:
             load = step("image-pull", s.image_pull)
         else:

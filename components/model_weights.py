@@ -13,11 +13,10 @@ import shlex
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_command import local, remote
 
+from components.commands import ShellCommand
 from components.gpu_host import GpuHost
 from components.remote_check import RemoteCheck
-from components.shell import remote_command
 from components.ssh import SshTarget
 
 
@@ -78,18 +77,18 @@ class ModelWeights(pulumi.ComponentResource):
                     + target.verify_script
                     + "\nVLLM_CLUSTER_VERIFY\n"
                 )
-                fetch = local.Command(
+                fetch = ShellCommand(
                     f"{name}-{target.name}-fetch",
+                    target=[],
                     create=target.fetch_local + "\n" + verify_over_ssh,
-                    interpreter=["/bin/bash", "-c"],
                     triggers=[check.generation],
                     opts=child,
                 )
             elif target.fetch_remote is not None:
-                fetch = remote.Command(
+                fetch = ShellCommand(
                     f"{name}-{target.name}-fetch",
-                    connection=target.host.connection,
-                    create=remote_command(target.fetch_remote + "\n" + target.verify_script),
+                    target=target.ssh.ssh_command(),
+                    create=target.fetch_remote + "\n" + target.verify_script,
                     stdin=target.fetch_stdin,
                     triggers=[check.generation],
                     opts=child,
@@ -99,11 +98,11 @@ class ModelWeights(pulumi.ComponentResource):
             if target.delete_remote:
                 # Its own resource, never replaced by the check's triggers: a replaced fetch
                 # runs its delete after the new copy exists, which must not remove weights.
-                remote.Command(
+                ShellCommand(
                     f"{name}-{target.name}-remove",
-                    connection=target.host.connection,
+                    target=target.ssh.ssh_command(),
                     create="true",
-                    delete=remote_command(target.delete_remote),
+                    delete=target.delete_remote,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[fetch]),
                 )
             if head_fetch is None:

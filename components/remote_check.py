@@ -1,6 +1,6 @@
 """RemoteCheck: a resource that notices drift on a host that plain commands cannot see.
 
-`pulumi_command` runs a command when its inputs change and never looks again, so a weight
+A command resource runs when its inputs change and never looks again, so a weight
 file deleted on a host after `pulumi up` would stay missing forever. A RemoteCheck runs a
 read-only check script over SSH in `diff` (on every preview and up): when the check fails it
 reports a change, its `generation` output goes up, and the commands that list that output in

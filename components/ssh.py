@@ -1,10 +1,9 @@
 """How the program reaches a host: one description, rendered for each client that needs it.
 
-Three clients talk SSH to every host: pulumi-command (Go, in-process, key as a secret string
-and the host key pin), the docker provider (runs the OpenSSH client, key as a file) and
-rsync/ssh in operator-side scripts (OpenSSH again). One `SshTarget` renders the options of
-each, so the host key pin, port and bastion can never disagree between them. The OpenSSH
-options themselves come from components.shell.weights.ssh_options (pinned, no prompts).
+Every client of the program talks to hosts with the OpenSSH client: the command resources,
+the docker provider (docker's ssh:// helper), rsync and the drift checks. One `SshTarget`
+renders their options, so the host key pin, port and bastion can never disagree between
+them. The options come from components.shell.weights.ssh_options (pinned, no prompts).
 """
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ class Bastion:
 class SshTarget:
     """One host as the SSH clients see it.
 
-    `private_key_file` is the key on the operator machine (OpenSSH clients need a file);
-    `known_hosts_file` holds the pinned host keys for OpenSSH clients; `host_key` is the same
-    pin in authorized_keys form for pulumi-command.
+    `private_key_file` is the key on the operator machine; `known_hosts_file` pins the
+    host keys (StrictHostKeyChecking=yes).
     """
 
     address: str
@@ -35,7 +33,6 @@ class SshTarget:
     port: int
     private_key_file: str
     known_hosts_file: str
-    host_key: str | None
     bastion: Bastion | None = None
     connect_timeout_s: int = 10
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_command import remote
 
+from components.commands import ShellCommand
 from components.containers import ContainerSpec, engine_container
 from components.engine import EngineLaunch, NodeNetwork, node_environment, vllm_server_argv
 from components.gpu_host import GpuHost
 from components.readiness import ReadinessGate, readiness_script
-from components.shell import remote_command
 
 SERVER_CONTAINER = "vllm-server"
 
@@ -86,12 +85,12 @@ def readiness_gate(
     api_key: pulumi.Input[str],
     container: pulumi.Resource,
     opts: pulumi.ResourceOptions,
-) -> remote.Command:
+) -> ShellCommand:
     """Runs on the serving host each time the serving container is (re)created."""
-    return remote.Command(
+    return ShellCommand(
         resource_name,
-        connection=host.connection,
-        create=remote_command(readiness_script(gate)),
+        target=host.ssh.ssh_command(),
+        create=readiness_script(gate),
         stdin=pulumi.Output.secret(api_key),
         triggers=[container.id],  # type: ignore[attr-defined]
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[container])),

@@ -20,6 +20,9 @@ def reveal(value: Any) -> Any:
     return value["value"] if is_secret(value) else value
 
 
+DYNAMIC = "pulumi-python:dynamic:Resource"
+
+
 @dataclass
 class Recorded:
     type_: str
@@ -37,9 +40,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
         outputs = dict(args.inputs)
         if args.typ == "docker:index/remoteImage:RemoteImage":
             outputs["imageId"] = f"sha256:{args.name}"
-        if args.typ in ("command:remote:Command", "command:local:Command"):
-            outputs.setdefault("stdout", "{}")
-        if args.typ == "pulumi-python:dynamic:Resource":
+        if args.typ == DYNAMIC:
+            # ShellCommand's stdout (preflight facts are one JSON line) and RemoteCheck's
+            # generation; the real providers compute these by running scripts.
+            outputs["stdout"] = "{}"
             outputs["generation"] = 1
         return f"{args.name}-id", outputs
 

@@ -14,7 +14,7 @@ from components.model_weights import ModelWeights, WeightsTarget
 from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
 from components.ssh import SshTarget
 from components.vllm_service import VllmService, VllmServiceArgs
-from tests.unit.pulumi_mocks import RecordingMocks, is_secret, reveal
+from tests.unit.pulumi_mocks import DYNAMIC, RecordingMocks, is_secret, reveal
 
 CONTAINER = "docker:index/container:Container"
 
@@ -27,7 +27,7 @@ def mocks() -> Iterator[RecordingMocks]:
 
 
 def ssh(address: str) -> SshTarget:
-    return SshTarget(address, "root", 22, "/keys/id", "/keys/known_hosts", "ssh-ed25519 AAAA")
+    return SshTarget(address, "root", 22, "/keys/id", "/keys/known_hosts")
 
 
 def host(name: str, address: str) -> GpuHost:
@@ -35,7 +35,6 @@ def host(name: str, address: str) -> GpuHost:
         name,
         GpuHostArgs(
             ssh=ssh(address),
-            private_key=pulumi.Output.secret("PRIVATE KEY"),
             image_name="vllm/vllm-openai:v0.8.5",
             scripts=HostScripts(preflight="echo preflight", image_load_local="echo load"),
         ),
@@ -97,6 +96,7 @@ def test_single_node_service_container_and_gate(mocks: RecordingMocks) -> Any:
         assert is_secret(gate.inputs["stdin"])
         assert reveal(gate.inputs["stdin"]) == "sk-test"
         assert "sk-test" not in gate.inputs["create"]
+        assert gate.inputs["target"][0] == "ssh" and "root@10.0.0.1" in gate.inputs["target"]
         assert gate.inputs["triggers"] == ["svc-server-id"]
 
     return settle(svc.endpoint).apply(check)
@@ -172,17 +172,18 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
 
     program()  # returns once every registration has finished
     head_fetch = mocks.named("weights-h1-fetch")
-    assert head_fetch.type_ == "command:local:Command"
+    assert head_fetch.inputs["target"] == []  # runs on the operator machine
     assert head_fetch.inputs["create"].startswith("rsync push")
     assert "bash -s <<'VLLM_CLUSTER_VERIFY'\nverify" in head_fetch.inputs["create"]
     assert head_fetch.inputs["triggers"] == [1]  # the check's generation
     worker_fetch = mocks.named("weights-h2-fetch")
-    assert worker_fetch.type_ == "command:remote:Command"
-    assert worker_fetch.inputs["create"] == "bash -c 'pull from head\nverify'"
+    assert "root@10.0.0.2" in worker_fetch.inputs["target"]
+    assert worker_fetch.inputs["create"] == "pull from head\nverify"
     # A re-fetch replaces the fetch; removal must not ride on it.
     assert "delete" not in worker_fetch.inputs
-    assert mocks.named("weights-h2-remove").inputs["delete"] == "bash -c remove"
-    assert len(mocks.of_type("pulumi-python:dynamic:Resource")) == 2
+    assert mocks.named("weights-h2-remove").inputs["delete"] == "remove"
+    checks = sorted(r.name for r in mocks.of_type(DYNAMIC) if r.name.endswith("-check"))
+    assert checks == ["weights-h1-check", "weights-h2-check"]
 
 
 @pulumi.runtime.test
@@ -191,7 +192,6 @@ def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
         "h1",
         GpuHostArgs(
             ssh=ssh("10.0.0.1"),
-            private_key=pulumi.Output.secret("PRIVATE KEY"),
             image_name="img:1",
             scripts=HostScripts(
                 preflight="pf",
@@ -203,10 +203,9 @@ def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
     )
 
     def check(_: Any) -> None:
-        names = [r.name for r in mocks.of_type("command:remote:Command")]
-        assert names == ["h1-storage", "h1-preflight", "h1-image-pull"]
-        docker_step = mocks.named("h1-docker-install")
-        assert docker_step.type_ == "command:local:Command"
+        on_host = [r.name for r in mocks.of_type(DYNAMIC) if r.inputs["target"]]
+        assert on_host == ["h1-storage", "h1-preflight", "h1-image-pull"]
+        assert mocks.named("h1-docker-install").inputs["target"] == []
         image = mocks.named("h1-image")
         assert image.inputs["keepLocally"] is True
         provider = mocks.named("h1-docker")

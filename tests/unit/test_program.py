@@ -121,9 +121,10 @@ def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
     # Preflight checks what the config expects of each host.
     preflight = mocks.named("n1-preflight").inputs["create"]
     assert "NVIDIA H20" in preflight and "eth0" in preflight and "10.9.0.1" in preflight
-    # The pinned host key reaches pulumi-command's connection.
-    connection = mocks.named("n1-preflight").inputs["connection"]
-    assert reveal(connection)["hostKey"] == HOST_KEY
+    # Every SSH client pins the host keys from ssh.known_hosts_file.
+    target = mocks.named("n1-preflight").inputs["target"]
+    assert "StrictHostKeyChecking=yes" in target
+    assert f"UserKnownHostsFile={project / 'known_hosts'}" in target
 
 
 def test_one_host_goes_through_vllm_service_alone(project: Path) -> None:
