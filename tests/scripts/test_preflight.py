@@ -41,6 +41,9 @@ def gpu_bin(fake_bin: Path) -> Path:
         "#!/bin/sh\n"
         'case "$*" in *--query-gpu=name,memory.total,driver_version*) ;;'
         ' *) echo "unexpected: $*" >&2; exit 2 ;; esac\n'
+        # A notice on stderr (the lab's fake marks itself SIMULATED there) must not be
+        # parsed as a GPU row.
+        "echo 'nvidia-smi: a notice on stderr' >&2\n"
         "echo 'NVIDIA H20, 97871, 550.54.15'\necho 'NVIDIA H20, 97871, 550.54.15'\n",
     )
     write_exe(fake_bin / "nvidia-container-runtime-hook", "#!/bin/sh\ncat >/dev/null\n")

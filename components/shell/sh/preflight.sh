@@ -28,8 +28,12 @@ fi
 # --- GPUs --------------------------------------------------------------------------
 GPU_NAMES=(); GPU_MIB=(); DRIVER=""; SMI_OK=0
 if command -v nvidia-smi >/dev/null 2>&1; then
-  if CSV=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits 2>&1); then
+  # Parse stdout only: notices on stderr (the lab's fake marks itself SIMULATED there) must
+  # not become GPU rows. stderr is kept for the message when nvidia-smi fails.
+  SMI_ERR=$(mktemp)
+  if CSV=$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits 2>"$SMI_ERR"); then
     SMI_OK=1
+    rm -f "$SMI_ERR"
     while IFS=, read -r name mib drv; do
       [ -n "$(trim "$name")" ] || continue
       GPU_NAMES+=("$(trim "$name")")
@@ -37,6 +41,8 @@ if command -v nvidia-smi >/dev/null 2>&1; then
       DRIVER=$(trim "$drv")
     done <<<"$CSV"
   else
+    CSV="$(cat "$SMI_ERR")${CSV:+ $CSV}"
+    rm -f "$SMI_ERR"
     problem "nvidia-smi failed: $(printf '%s' "$CSV" | head -n 1)" \
       "make nvidia-smi work on this host (NVIDIA driver loaded, GPUs visible)"
   fi
