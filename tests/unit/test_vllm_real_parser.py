@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ CHECKER = REPO / "tools" / "vllm-cpu" / "check_argv.py"
 REQUIRED_STACKS = {"h20", "lab", "lab-cpu"}
 # The lab's tiny model (lab contract); made by lab/engine/make_tiny_model.py when absent.
 LAB_MODEL_DIR = ".lab/model/tiny-llama"
+MAKE_TINY_MODEL = REPO / "lab" / "engine" / "make_tiny_model.py"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIParserTestParserTestParserTestParserTest0"
 IMAGE_ID = "sha256:" + "5e" * 32
 PREFIX = ["python3", "-m", VLLM_SERVER_MODULE]
@@ -90,10 +92,8 @@ def _model_dir(local_dir: str, tmp: Path) -> str:
     if (path / "config.json").is_file():
         return str(path)
     if path == REPO / LAB_MODEL_DIR:
-        from lab.engine.make_tiny_model import build
-
         out = tmp / "tiny-llama"
-        build(out)
+        subprocess.run([sys.executable, str(MAKE_TINY_MODEL), str(out)], check=True, timeout=300)
         return str(out)
     raise AssertionError(f"model.local_dir {local_dir!r} has no config.json on this machine")
 
