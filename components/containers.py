@@ -63,6 +63,9 @@ def engine_container(
         ],
         labels=labels,
         restart="unless-stopped",
+        # docker's tini as PID 1: `ray start --block` (or bash) as PID 1 would ignore SIGTERM
+        # and every stop would wait out the grace period.
+        init=True,
         must_run=True,
         # Lets the engine release GPU memory and Ray leave the cluster cleanly.
         destroy_grace_seconds=30,

@@ -19,6 +19,7 @@ from typing import NoReturn
 import pytest
 
 from tests.e2e.pulumi_cli import CORE_BINARIES, missing_binaries, pulumi_env
+from tests.lab.conftest import lab  # noqa: F401  (the session lab, shared with tests/lab)
 
 #: The tiny image the engine test runs: a static busybox, imported (no registry here).
 BUSYBOX_IMAGE = "vllm-e2e-busybox:1"

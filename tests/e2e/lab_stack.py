@@ -1,0 +1,76 @@
+"""Throwaway stacks of this project on the lab, derived from Pulumi.lab.yaml.
+
+The stack's config file is Pulumi.lab.yaml with overrides applied (the encrypted lab API
+key and its salt come along: same lab-only passphrase), so every e2e test deploys exactly
+what `make demo` deploys, changed only where the test says.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from tests.e2e.pulumi_cli import PulumiStack, temporary_stack
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "vllm-cluster"
+
+
+def lab_config(overrides: Mapping[str, Any] | None = None, hosts: int = 2) -> dict[str, Any]:
+    """Pulumi.lab.yaml's document with `hosts` cut to the first N and `overrides` merged
+    into the named top-level keys (dicts merge one level deep; other values replace)."""
+    doc = yaml.safe_load((REPO / "Pulumi.lab.yaml").read_text())
+    config = doc["config"]
+    config[f"{NS}:hosts"] = config[f"{NS}:hosts"][:hosts]
+    for key, value in (overrides or {}).items():
+        full = f"{NS}:{key}"
+        if isinstance(value, dict) and isinstance(config.get(full), dict):
+            merged = copy.deepcopy(config[full])
+            merged.update(value)
+            config[full] = merged
+        else:
+            config[full] = value
+    return dict(doc)
+
+
+def write_stack_config(stack: PulumiStack, doc: Mapping[str, Any]) -> None:
+    path = REPO / f"Pulumi.{stack.name}.yaml"
+    path.write_text(yaml.safe_dump(dict(doc), sort_keys=False))
+
+
+@contextmanager
+def lab_stack(
+    prefix: str, overrides: Mapping[str, Any] | None = None, hosts: int = 2
+) -> Iterator[PulumiStack]:
+    with temporary_stack(REPO, prefix=prefix) as stack:
+        write_stack_config(stack, lab_config(overrides, hosts))
+        yield stack
+
+
+def host_exec(host: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command inside a lab host (the outer container) as root."""
+    return subprocess.run(
+        ["docker", "exec", f"vllm-lab-{host}", *argv], capture_output=True, text=True, check=check
+    )
+
+
+def containers_on(host: str) -> list[str]:
+    out = host_exec(host, "docker", "ps", "-a", "--format", "{{.Names}}").stdout
+    return sorted(out.split())
+
+
+def chat(endpoint: str, api_key: str | None, model: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return requests.post(
+        f"{endpoint}/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        headers=headers,
+        timeout=60,
+    )
