@@ -4,7 +4,7 @@
 # $TOOLCHAIN_DIR/bin (.toolchain/bin, gitignored). No binary can be downloaded on our machines,
 # so everything is compiled with Go from modules the proxy serves.
 #
-#   tools/build-toolchain.sh [COMPONENT...]     default: cli python command docker
+#   tools/build-toolchain.sh [COMPONENT...]     default: cli python docker
 #
 # Components and where they come from:
 #   cli      pulumi v3.274.1 (github.com/pulumi/pulumi/pkg/v3 + sdk/v3), version-stamped.
@@ -12,9 +12,9 @@
 #            proxy, so this is our own host (tools/toolchain/pulumi-language-python/main.go)
 #            built on sdk/v3, plus the executor and dynamic-provider scripts that ship inside
 #            the sdk/v3 module (they must sit next to the host binary).
-#   command  pulumi-resource-command 1.2.1 from github.com/pulumi/pulumi-command/provider at its
-#            release commit. The proxy currently refuses this module: the step then fails with
-#            the proxy's answer.
+#   (no pulumi-resource-command: the proxy refuses every github.com/pulumi/pulumi-command
+#   module with 403 "This module version is not available", so the program runs its host
+#   steps with its own dynamic-provider resource, components/commands.py.)
 #   docker   pulumi-resource-docker at the pulumi-docker SDK version of requirements.txt. The
 #            upstream provider module is NOT served either, so it is bridged here from the same
 #            parts pulumi-docker is made of (tools/toolchain/pulumi-resource-docker/main.go).
@@ -32,11 +32,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 PULUMI_VERSION=v3.274.1
 # pkg/v3 v3.274.1 declares `go 1.26.6`: older Go cannot build it.
 GO_MIN=1.26.6
-COMMAND_VERSION=1.2.1
-COMMAND_MODULE=github.com/pulumi/pulumi-command/provider
-# v1.2.1 is tagged at the repository root only, so the provider module is only reachable by
-# the pseudo-version of the release commit 7f3eb6f3b77c (2026-03-03T23:59:22Z).
-COMMAND_MODULE_VERSION=v0.0.0-20260303235922-7f3eb6f3b77c
 # The Terraform Docker provider and bridge versions that match the pulumi-docker 5.2.0 SDK
 # (its resources, e.g. BuildxBuilder, exist in this provider commit).
 TF_DOCKER_MODULE=github.com/kreuzwerker/terraform-provider-docker
@@ -67,14 +62,12 @@ say() { printf '[toolchain] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 fmt_secs() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
-# The pulumi-docker / pulumi-command versions the Python SDK pins (requirements.txt).
+# The pulumi-docker version the Python SDK pins (requirements.txt).
 sdk_pin() {
   sed -n "s/^$1==\([^[:space:]#]*\).*/\1/p" "$REPO_ROOT/requirements.txt" | head -n1
 }
 DOCKER_VERSION="$(sdk_pin pulumi-docker)"
 [[ -n "$DOCKER_VERSION" ]] || die "requirements.txt pins no pulumi-docker version"
-[[ "$(sdk_pin pulumi-command)" == "$COMMAND_VERSION" ]] ||
-  die "requirements.txt pins pulumi-command==$(sdk_pin pulumi-command), this script builds $COMMAND_VERSION"
 
 find_go() {
   if command -v go >/dev/null 2>&1; then
@@ -239,43 +232,6 @@ external_plugin() { # name version
   echo "$found"
 }
 
-build_command() {
-  local log="$log_dir/command.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-command" external
-  if plugin_installed command "$COMMAND_VERSION"; then
-    say "command: resource plugin command $COMMAND_VERSION already installed in $PULUMI_HOME"
-    return 0
-  fi
-  if external="$(external_plugin command "$COMMAND_VERSION")"; then
-    say "command: using $external ($COMMAND_VERSION, installed outside .toolchain)"
-    rm -f "$bin_dir/pulumi-resource-command"
-    return 0
-  fi
-  local key
-  key="$(stamp_key command "$COMMAND_MODULE@$COMMAND_MODULE_VERSION")"
-  if up_to_date command "$key" pulumi-resource-command; then
-    say "command: pulumi-resource-command $COMMAND_VERSION up to date"
-    return 0
-  fi
-  : >"$log"
-  say "command: building pulumi-resource-command $COMMAND_VERSION (log: $log)"
-  if ! (cd /tmp && run_logged "$log" "$GO" mod download -json "$COMMAND_MODULE@$COMMAND_MODULE_VERSION"); then
-    say "command: the Go module proxy does not serve $COMMAND_MODULE@$COMMAND_MODULE_VERSION;"
-    say "command: pulumi-resource-command cannot be built here (see the error above)."
-    return 1
-  fi
-  prepare_wrapper "$dir" "$log" "module vllmcluster.local/toolchain/pulumi-resource-command
-
-go 1.26.6
-
-tool $COMMAND_MODULE/cmd/pulumi-resource-command
-
-require $COMMAND_MODULE $COMMAND_MODULE_VERSION" || return 1
-  go_build "$dir" "$log" "$bin_dir/pulumi-resource-command" "" \
-    "-s -w -X $COMMAND_MODULE/pkg/version.Version=$COMMAND_VERSION" \
-    "$COMMAND_MODULE/cmd/pulumi-resource-command" || return 1
-  mark_built command "$key"
-}
-
 build_docker() {
   local log="$log_dir/docker.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-docker" external
   if plugin_installed docker "$DOCKER_VERSION"; then
@@ -358,15 +314,15 @@ replace (
 
 # ---------------------------------------------------------------------------------------
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(cli python command docker)
+[[ ${#components[@]} -gt 0 ]] || components=(cli python docker)
 say "Go $go_version ($GO); output $bin_dir; cache $TOOLCHAIN_CACHE"
 declare -A result=()
 failed=0
 total_start=$SECONDS
 for component in "${components[@]}"; do
   case "$component" in
-  cli | python | command | docker) ;;
-  *) die "unknown component '$component' (cli, python, command, docker)" ;;
+  cli | python | docker) ;;
+  *) die "unknown component '$component' (cli, python, docker)" ;;
   esac
   start=$SECONDS
   if "build_$component"; then

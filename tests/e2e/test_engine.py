@@ -75,10 +75,8 @@ def _check_core(stack: PulumiStack, outputs: dict[str, Any], token: str) -> None
 CASES: dict[str, tuple[str, ...]] = {
     # The CLI, the language host and the dynamic-provider host: no provider plugin needed.
     "core": (),
+    # The provider plugin the program uses (host commands are dynamic-provider resources).
     "docker": ("docker",),
-    "command": ("command",),
-    # The whole program: both providers side by side, as the real stack uses them.
-    "full": ("command", "docker"),
 }
 
 
@@ -115,9 +113,6 @@ def test_engine_lifecycle(
         outputs = _run_lifecycle(stack, parts)
         _check_core(stack, outputs, token)
 
-        if "command" in parts:
-            assert outputs["commandStdout"] == "engine-ok"
-
         if "docker" in parts:
             assert outputs["containerName"] == container_name
             info = _docker_inspect(docker, container_name)
@@ -139,8 +134,6 @@ def test_engine_lifecycle(
                 "docker:index/container:Container",
                 "docker:index/remoteImage:RemoteImage",
             }
-        if "command" in parts:
-            assert "command:local:Command" in types
 
         stack.destroy()
         # Only the stack itself is left in the state; the container is really gone.

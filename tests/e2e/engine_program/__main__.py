@@ -4,7 +4,6 @@ Parts (config ``engine-check:parts``):
 
 - ``core``: a dynamic-provider resource (language host + ``pulumi-resource-pulumi-python``),
   plain, ``--path`` and secret configuration, and outputs.
-- ``command``: a ``pulumi_command.local.Command`` (plugin ``pulumi-resource-command``).
 - ``docker``: a ``pulumi_docker.RemoteImage`` of a locally imported image and a
   ``pulumi_docker.Container`` on this machine's Docker engine (``pulumi-resource-docker``).
 """
@@ -18,7 +17,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
 config = pulumi.Config()
 parts = {p.strip() for p in (config.get("parts") or "core").split(",") if p.strip()}
-unknown = parts - {"core", "command", "docker"}
+unknown = parts - {"core", "docker"}
 if unknown:
     raise ValueError(f"engine-check:parts has unknown part(s) {sorted(unknown)}")
 
@@ -51,17 +50,6 @@ if "core" in parts:
     pulumi.export("shouted", shout.shouted)
     # Must stay a secret in the state and in `stack output` without --show-secrets.
     pulumi.export("token", config.require_secret("token"))
-
-if "command" in parts:
-    import pulumi_command as command
-
-    stamp = command.local.Command(
-        "stamp",
-        create="echo engine-ok",
-        # Nothing to undo; declared so destroy runs the provider's delete path.
-        delete="true",
-    )
-    pulumi.export("commandStdout", stamp.stdout)
 
 if "docker" in parts:
     import pulumi_docker as docker
