@@ -218,7 +218,8 @@ def main() -> None:
     pulumi.log.info(
         f"plan: TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size} on "
         f"{plan.nodes} node(s); KV cache {plan.kv_cache_tokens:,} tokens, "
-        f"max concurrency {plan.max_concurrency} at max_model_len {plan.max_model_len}"
+        f"max concurrency {plan.max_concurrency} at max_model_len {plan.max_model_len}; "
+        f"the manual's estimate: {plan.seed_estimate_gb:.0f} GB -> {plan.seed_nodes} node(s)"
     )
     files = ssh_credentials(settings)
     dep = render_deployment(settings, plan, files, PROJECT_DIR)
