@@ -23,7 +23,7 @@ def load() -> dict[Any, Any]:
 def test_workflow_has_preview_on_prs_and_up_plus_smoke_on_main() -> None:
     doc = load()
     # PyYAML reads the bare key `on` as the boolean True (YAML 1.1).
-    triggers = doc.get("on", doc.get(True))
+    triggers = doc["on"] if "on" in doc else doc[True]
     assert set(triggers) == {"pull_request", "push"}
     jobs = doc["jobs"]
     assert "pull_request" in jobs["preview"]["if"]
