@@ -133,6 +133,28 @@ def ray_worker_argv(node: NodeNetwork, layout: RayLayout) -> list[str]:
     ]
 
 
+def ray_worker_script(node: NodeNetwork, layout: RayLayout) -> str:
+    """The worker container's program: wait until the head's Ray port answers, then join.
+
+    Started before the head is listening, `ray start` sits in a connect-retry loop in which
+    it ignores SIGTERM (every stop then waits out the grace period) and joins late; a plain
+    TCP wait avoids both. Gives up (exit 1, restart policy retries) after the join timeout."""
+    head, port = layout.head_address, layout.ray_port
+    lines = [
+        "set -euo pipefail",
+        f"deadline=$((SECONDS + {layout.join_timeout_s}))",
+        f"until (exec 3<>/dev/tcp/{head}/{port}) 2>/dev/null; do",
+        "  if [ $SECONDS -ge $deadline ]; then",
+        f'    echo "ray head {head}:{port} not reachable after {layout.join_timeout_s}s" >&2',
+        "    exit 1",
+        "  fi",
+        "  sleep 1",
+        "done",
+        "exec " + shlex.join(ray_worker_argv(node, layout)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 # Runs inside the head container after `ray start --head`: waits for every expected node to
 # be alive with its GPUs, naming the ones that are missing, before vLLM is started.
 _WAIT_FOR_NODES_PY = """\

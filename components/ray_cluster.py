@@ -20,7 +20,7 @@ from components.engine import (
     RayLayout,
     node_environment,
     ray_head_script,
-    ray_worker_argv,
+    ray_worker_script,
 )
 from components.gpu_host import GpuHost
 from components.readiness import ReadinessGate
@@ -101,15 +101,14 @@ class RayVllmCluster(pulumi.ComponentResource):
                 depends_on=[*every_host_ready, *args.depends_on],
             ),
         )
-        worker_argv = {w.name: ray_worker_argv(w.node, args.layout) for w in args.workers}
         workers = [
             engine_container(
                 f"{name}-worker-{w.name}",
                 spec(
                     w,
                     WORKER_CONTAINER,
-                    worker_argv[w.name][:1],
-                    worker_argv[w.name][1:],
+                    ["bash"],
+                    ["-c", ray_worker_script(w.node, args.layout)],
                     {"vllm-cluster.role": "ray-worker", "vllm-cluster.head": head.id},
                 ),
                 w.host.image_id,

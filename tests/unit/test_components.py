@@ -136,8 +136,11 @@ def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
         assert "VLLM_HOST_IP=10.0.0.1" in reveal(head.inputs["envs"])
         for w, ip, h in zip(workers, ("10.0.0.2", "10.0.0.3"), ("h2", "h3"), strict=True):
             assert w.inputs["name"] == "vllm-ray-worker"
-            assert f"--node-ip-address={ip}" in w.inputs["command"]
-            assert "--address=10.0.0.1:6379" in w.inputs["command"]
+            assert w.inputs["entrypoints"] == ["bash"]
+            worker_script = w.inputs["command"][1]
+            assert "/dev/tcp/10.0.0.1/6379" in worker_script
+            assert f"--node-ip-address={ip}" in worker_script
+            assert "--address=10.0.0.1:6379" in worker_script
             assert f"VLLM_HOST_IP={ip}" in w.inputs["envs"]
             assert not any(e.startswith("VLLM_API_KEY") for e in w.inputs["envs"])
             labels = {lbl["label"]: lbl["value"] for lbl in w.inputs["labels"]}

@@ -17,6 +17,7 @@ from components.engine import (
     ray_head_start_argv,
     ray_wait_argv,
     ray_worker_argv,
+    ray_worker_script,
     vllm_server_argv,
 )
 from components.readiness import ReadinessGate, readiness_script
@@ -155,3 +156,19 @@ def test_readiness_script_is_valid_bash_and_keeps_key_off_argv() -> None:
     assert script.index("wait_for /health") < script.index("wait_for /v1/models")
     assert script.index("wait_for /v1/models") < script.index('wait_for "a chat completion"')
     assert "timeout=900" in script
+
+
+def test_worker_script_waits_for_the_head_port_then_joins() -> None:
+    script = ray_worker_script(WORKER, LAYOUT)
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+    wait = script.index("/dev/tcp/192.168.0.2/6379")
+    join = script.index("exec " + shlex.join(ray_worker_argv(WORKER, LAYOUT)))
+    assert wait < join
+
+
+def test_worker_script_gives_up_when_the_head_never_answers() -> None:
+    layout = RayLayout("127.0.0.1", 9, 1, {}, join_timeout_s=1)  # discard port: closed
+    script = ray_worker_script(NodeNetwork("127.0.0.1", "lo"), layout)
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1
+    assert "ray head 127.0.0.1:9 not reachable after 1s" in proc.stderr

@@ -111,7 +111,7 @@ def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
     assert "--distributed-executor-backend ray" in script
     assert "VLLM_API_KEY=sk-lab" in reveal(head.inputs["envs"])
     worker = mocks.named("serving-worker-n2")
-    assert "--address=10.9.0.1:6379" in worker.inputs["command"]
+    assert "--address=10.9.0.1:6379" in worker.inputs["command"][1]
     # The image is streamed only when the host lacks this exact ID.
     load = mocks.named("n2-image-load").inputs["create"]
     assert IMAGE_ID in load and "docker load" in load
