@@ -25,6 +25,8 @@ class ContainerSpec:
     privileged: bool = False
     devices: tuple[str, ...] = ()
     labels: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    # Seconds between SIGTERM and SIGKILL on stop/destroy.
+    stop_grace_s: int = 30
 
 
 def engine_container(
@@ -67,8 +69,7 @@ def engine_container(
         # and every stop would wait out the grace period.
         init=True,
         must_run=True,
-        # Lets the engine release GPU memory and Ray leave the cluster cleanly.
-        destroy_grace_seconds=30,
+        destroy_grace_seconds=spec.stop_grace_s,
         opts=pulumi.ResourceOptions.merge(
             opts,
             # Fixed container names: the old container must go before its replacement starts.

@@ -128,6 +128,7 @@ def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
         workers = [mocks.named("ray-worker-h2"), mocks.named("ray-worker-h3")]
         assert head.inputs["name"] == "vllm-ray-head"
         assert head.inputs["entrypoints"] == ["bash"]
+        assert head.inputs["destroyGraceSeconds"] == 30
         script = head.inputs["command"][1]
         assert "ray start --head" in script and "exec python3 -m vllm" in script
         assert "--distributed-executor-backend ray" in script
@@ -137,6 +138,7 @@ def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
         for w, ip, h in zip(workers, ("10.0.0.2", "10.0.0.3"), ("h2", "h3"), strict=True):
             assert w.inputs["name"] == "vllm-ray-worker"
             assert w.inputs["entrypoints"] == ["bash"]
+            assert w.inputs["destroyGraceSeconds"] == 5
             worker_script = w.inputs["command"][1]
             assert "/dev/tcp/10.0.0.1/6379" in worker_script
             assert f"--node-ip-address={ip}" in worker_script
