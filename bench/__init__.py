@@ -1,0 +1,1 @@
+"""Benchmarks: the manual's procedure vs `pulumi up` on the lab (`make bench`)."""

@@ -1,0 +1,422 @@
+"""`make bench`: the manual's procedure against `pulumi up`, side by side on the lab.
+
+For each host count N (default 1, 2, 4) the lab is brought to N hosts, then for R rounds
+(BENCH_ROUNDS, default 3), alternating which goes first:
+
+  (a) bench/manual.sh N from clean hosts until a chat completion answers;
+  (b) `pulumi up` of a throwaway stack (Pulumi.lab.yaml on hosts 1..N, TP from the stack,
+      PP = N) from clean hosts until the endpoint is exported, with the engine's event log
+      read live for a per-resource timing;
+  (c) a no-change `pulumi up` of that stack (`--expect-no-changes`);
+  (d) `pulumi destroy`.
+
+Hosts are cleaned before (a) and (b) (containers, the loaded image, the weights:
+`bench/manual.sh clean N`), so both do the same work. The machine is noisy, so the figures
+that matter are medians and the ratio (b)/(a) measured in the same run.
+
+Results: bench/results/results.json (every run, raw) and results.md (table, targets,
+slowest steps), rewritten after every run so a cut-short run still leaves what it measured.
+Event logs and manual step logs of each run go under .state/bench/<run id>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.events import EventTail, StepTiming, phases, slowest_table, step_timings
+from tests.e2e.lab_stack import REPO, chat, lab_stack
+
+LAB_DIR = Path(os.environ.get("LAB_DIR", REPO / ".lab"))
+INVENTORY = LAB_DIR / "inventory.json"
+MANUAL = REPO / "bench" / "manual.sh"
+LAB = REPO / "lab" / "lab"
+RESULTS = REPO / "bench" / "results"
+STACK_PREFIX = "e2e-bench"  # Pulumi.e2e-*.yaml is gitignored: a killed run leaves no noise
+PULUMI_OPS = ("up", "destroy", "preview", "refresh")
+# Lab hosts are never removed by the benchmark (others may use them): N < 2 keeps 2 hosts.
+MIN_LAB_HOSTS = 2
+# The issue's targets: (b)/(a) per host count, (b)@4 / (b)@1, no-change up on 4 hosts.
+RATIO_MAX = {2: 1.0, 4: 0.6}
+GROWTH_MAX = 1.3
+NOOP_MAX_S = 20.0
+
+
+def log(msg: str) -> None:
+    stamp = dt.datetime.now(dt.UTC).strftime("%H:%M:%S")
+    print(f"[bench {stamp}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- the lab
+
+
+def lab_up(count: int) -> None:
+    log(f"lab up {count}")
+    subprocess.run([str(LAB), "up", str(count)], check=True, cwd=REPO)
+
+
+def inventory() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(INVENTORY.read_text())
+    return data
+
+
+def pulumi_busy() -> list[str]:
+    """Command lines of running `pulumi up|destroy|preview|refresh` (anyone's)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv if a]
+        if len(words) > 1 and Path(words[0]).name == "pulumi" and words[1] in PULUMI_OPS:
+            found.append(" ".join(words))
+    return found
+
+
+def host_containers(count: int) -> dict[str, list[str]]:
+    """Running containers inside lab hosts 1..count (only hosts that have some)."""
+    busy: dict[str, list[str]] = {}
+    for i in range(1, count + 1):
+        out = subprocess.run(
+            ["docker", "exec", f"vllm-lab-{i}", "docker", "ps", "--format", "{{.Names}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if out:
+            busy[f"lab-{i}"] = out
+    return busy
+
+
+def wait_idle(count: int, max_wait_s: float) -> None:
+    """The lab is shared: wait until no `pulumi` operation runs and hosts 1..count run no
+    container (ours are removed after each run, so anything left belongs to someone else)."""
+    waited = 0.0
+    while True:
+        running = pulumi_busy()
+        containers = host_containers(count)
+        if not running and not containers:
+            return
+        if waited >= max_wait_s:
+            raise RuntimeError(
+                f"lab still busy after {waited:.0f}s: pulumi {running}, containers {containers}"
+            )
+        log(f"lab busy (pulumi: {len(running)}, containers: {containers}); waiting 30 s")
+        time.sleep(30)
+        waited += 30
+
+
+def clean(count: int) -> None:
+    subprocess.run([str(MANUAL), "clean", str(count)], check=True, cwd=REPO)
+
+
+# ------------------------------------------------------------------------------- runs
+
+
+def run_manual(count: int, logdir: Path) -> dict[str, Any]:
+    steps_file = logdir / f"manual-{count}-steps.tsv"
+    steps_file.unlink(missing_ok=True)
+    started = time.monotonic()
+    with (logdir / f"manual-{count}.log").open("a") as out:
+        proc = subprocess.run(
+            [str(MANUAL), str(count)],
+            cwd=REPO,
+            env={**os.environ, "MANUAL_STEPS_FILE": str(steps_file)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    seconds = time.monotonic() - started
+    steps = []
+    if steps_file.exists():
+        for line in steps_file.read_text().splitlines():
+            name, host, secs = line.split("\t")
+            steps.append({"step": name, "host": host, "seconds": float(secs)})
+    result: dict[str, Any] = {"seconds": round(seconds, 2), "steps": steps}
+    if proc.returncode != 0:
+        result["error"] = f"manual.sh exited {proc.returncode} (log {out.name})"
+    return result
+
+
+def stack_hosts(count: int) -> list[dict[str, Any]]:
+    """Pulumi.lab.yaml's host entries, extended to `count` lab hosts from the inventory
+    (the stack file lists two; every lab host has the same simulated GPUs)."""
+    doc = yaml.safe_load((REPO / "Pulumi.lab.yaml").read_text())
+    template = doc["config"]["vllm-cluster:hosts"][0]
+    hosts = []
+    for host in inventory()["hosts"][:count]:
+        entry = json.loads(json.dumps(template))
+        entry.update(name=host["name"], address=host["address"], nic=host.get("nic", "eth0"))
+        hosts.append(entry)
+    if len(hosts) < count:
+        raise RuntimeError(f"the lab has {len(hosts)} host(s), {count} needed")
+    return hosts
+
+
+def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
+    """(b) up from clean hosts, (c) a no-change up, (d) destroy, on one throwaway stack."""
+    overrides = {
+        "hosts": stack_hosts(count),
+        "serving": {"pipeline_parallel_size": count},
+    }
+    result: dict[str, Any] = {}
+    with lab_stack(STACK_PREFIX, overrides, hosts=count) as stack:
+        events_path = logdir / f"events-{tag}.jsonl"
+        events_path.unlink(missing_ok=True)
+        started = time.monotonic()
+        tail = EventTail(events_path, started).start()
+        # `--event-log` is offered only with PULUMI_DEBUG_COMMANDS (it changes nothing else).
+        stack.env["PULUMI_DEBUG_COMMANDS"] = "true"
+        try:
+            up = stack.run("up", "--yes", "--skip-preview", "--event-log", str(events_path))
+        finally:
+            events = tail.stop()
+        result["up_s"] = round(time.monotonic() - started, 2)
+        (logdir / f"up-{tag}.log").write_text(up.output)
+        steps = step_timings(events)
+        result["up_steps"] = [s.to_dict() for s in steps]
+        result["up_phases"] = phases(events, result["up_s"])
+        # Not timed: the endpoint answers (the manual's run ends with an answer, too).
+        out = stack.outputs(show_secrets=True)
+        answer = chat(out["endpoint"], out["api_key"], out["served_model_name"])
+        if answer.status_code != 200:
+            raise RuntimeError(f"endpoint {out['endpoint']} answered {answer.status_code}")
+
+        noop = stack.up(expect_no_changes=True)
+        result["noop_up_s"] = round(noop.duration_s, 2)
+        destroy = stack.destroy()
+        result["destroy_s"] = round(destroy.duration_s, 2)
+    return result
+
+
+# ------------------------------------------------------------------------------- summary
+
+
+def steps_of(run: Mapping[str, Any]) -> list[StepTiming]:
+    """The per-resource timing of a recorded `pulumi up` run."""
+    return [
+        StepTiming(**{k: v for k, v in s.items() if k != "duration_s"}) for s in run["up_steps"]
+    ]
+
+
+def median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def summarize(runs: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
+    per_n: dict[str, Any] = {}
+    for n in counts:
+        mine = [r for r in runs if r["hosts"] == n and "error" not in r]
+        manual = [r["seconds"] for r in mine if r["kind"] == "manual"]
+        pulumi = [r for r in mine if r["kind"] == "pulumi"]
+        row: dict[str, Any] = {
+            "rounds_manual": len(manual),
+            "rounds_pulumi": len(pulumi),
+            "manual_s": median(manual),
+            "up_s": median([r["up_s"] for r in pulumi]),
+            "noop_up_s": median([r["noop_up_s"] for r in pulumi]),
+            "destroy_s": median([r["destroy_s"] for r in pulumi]),
+        }
+        row["ratio"] = (
+            round(row["up_s"] / row["manual_s"], 3) if row["up_s"] and row["manual_s"] else None
+        )
+        # Manual steps: median seconds per step kind, summed over hosts within a run.
+        totals: dict[str, list[float]] = {}
+        for r in (x for x in mine if x["kind"] == "manual"):
+            per_run: dict[str, float] = {}
+            for s in r["steps"]:
+                per_run[s["step"]] = per_run.get(s["step"], 0.0) + s["seconds"]
+            for k, v in per_run.items():
+                totals.setdefault(k, []).append(v)
+        row["manual_steps_s"] = {k: median(v) for k, v in totals.items()}
+        per_n[str(n)] = row
+    growth = None
+    if "1" in per_n and "4" in per_n and per_n["1"]["up_s"] and per_n["4"]["up_s"]:
+        growth = round(per_n["4"]["up_s"] / per_n["1"]["up_s"], 3)
+    return {"per_hosts": per_n, "growth_up_4_over_1": growth}
+
+
+def verdicts(summary: dict[str, Any]) -> list[str]:
+    def mark(ok: bool | None) -> str:
+        return "n/a (not measured)" if ok is None else ("met" if ok else "MISSED")
+
+    per = summary["per_hosts"]
+    lines = []
+    for n, limit in RATIO_MAX.items():
+        ratio = per.get(str(n), {}).get("ratio")
+        ok = None if ratio is None else ratio <= limit
+        lines.append(f"(b)/(a) on {n} hosts <= {limit}: {ratio} -> {mark(ok)}")
+    growth = summary["growth_up_4_over_1"]
+    ok = None if growth is None else growth <= GROWTH_MAX
+    lines.append(f"(b)@4 / (b)@1 <= {GROWTH_MAX}: {growth} -> {mark(ok)}")
+    noop = per.get("4", {}).get("noop_up_s")
+    ok = None if noop is None else noop < NOOP_MAX_S
+    lines.append(f"no-change up on 4 hosts < {NOOP_MAX_S:.0f} s: {noop} -> {mark(ok)}")
+    return lines
+
+
+def fmt(value: float | None, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:.2f}{suffix}" if suffix else f"{value:.3g}"
+
+
+def markdown(meta: Mapping[str, Any], runs: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    per = summary["per_hosts"]
+    out = [
+        "# Benchmark: the manual's procedure vs `pulumi up` on the lab",
+        "",
+        f"Run `{meta['run_id']}` ({meta['started']} .. {meta.get('finished', 'in progress')}), "
+        f"{meta['rounds']} round(s) per host count, (a) and (b) alternating, clean hosts before "
+        "each. Lab: simulated GPUs (2 per host), stand-in engine, tiny model; SSH, Docker, "
+        "`docker load`, Ray and HTTP are real. Medians in seconds.",
+        "",
+        "| hosts | (a) manual | (b) `pulumi up` | (b)/(a) | (c) no-change up | (d) destroy "
+        "| rounds a/b |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, row in per.items():
+        out.append(
+            f"| {n} | {fmt(row['manual_s'], ' s')} | {fmt(row['up_s'], ' s')} | "
+            f"{fmt(row['ratio'])} | {fmt(row['noop_up_s'], ' s')} | "
+            f"{fmt(row['destroy_s'], ' s')} | {row['rounds_manual']}/{row['rounds_pulumi']} |"
+        )
+    out += ["", f"Growth of (b) from 1 to 4 hosts: {fmt(summary['growth_up_4_over_1'])}", ""]
+    out += ["## Targets", ""] + [f"- {line}" for line in verdicts(summary)]
+    errors = [r for r in runs if "error" in r]
+    if errors:
+        out += ["", "## Failed runs", ""]
+        out += [
+            f"- {r['kind']} on {r['hosts']} host(s), round {r['round']}: {r['error']}"
+            for r in errors
+        ]
+    out += ["", "## Manual steps (median seconds per run, summed over hosts)", ""]
+    for n, row in per.items():
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in row["manual_steps_s"].items() if v)
+        out.append(f"- {n} host(s): {steps or '—'}")
+    out += ["", "## Slowest steps of one `pulumi up` (last successful round per host count)", ""]
+    for n in per:
+        last = [r for r in runs if r["hosts"] == int(n) and "up_steps" in r]
+        if not last:
+            continue
+        r = last[-1]
+        out += [
+            f"{n} host(s), round {r['round']}: up {r['up_s']:.2f} s; phases {r['up_phases']}",
+            "",
+            "```",
+            slowest_table(steps_of(r)),
+            "```",
+            "",
+        ]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--hosts", default=os.environ.get("BENCH_HOSTS", "1,2,4"))
+    p.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
+    p.add_argument(
+        "--deadline",
+        default=os.environ.get("BENCH_DEADLINE"),
+        help="HH:MM (UTC): start no new run after this; results stay partial",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=float(os.environ.get("BENCH_MAX_WAIT_S", "1800")),
+        help="seconds to wait for a busy lab before giving up",
+    )
+    p.add_argument("--no-lab", action="store_true", help="do not run `lab up` (hosts exist)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    return p.parse_args(argv)
+
+
+def deadline_passed(deadline: str | None) -> bool:
+    if not deadline:
+        return False
+    now = dt.datetime.now(dt.UTC)
+    hh, mm = (int(x) for x in deadline.split(":"))
+    return now >= now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    counts = [int(x) for x in args.hosts.split(",")]
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    logdir = REPO / ".state" / "bench" / run_id
+    logdir.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "run_id": run_id,
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "rounds": args.rounds,
+        "hosts": counts,
+        "machine": {"cpus": os.cpu_count()},
+        "logs": str(logdir),
+    }
+    runs: list[dict[str, Any]] = []
+
+    def save() -> dict[str, Any]:
+        summary = summarize(runs, counts)
+        doc = {"meta": meta, "summary": summary, "runs": runs}
+        (args.out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (args.out / "results.md").write_text(markdown(meta, runs, summary))
+        return summary
+
+    kinds: dict[str, Callable[[int, int], dict[str, Any]]] = {
+        "manual": lambda n, r: run_manual(n, logdir),
+        "pulumi": lambda n, r: run_pulumi(n, logdir, f"{n}-{r}"),
+    }
+    stopped = False
+    for n in counts:
+        if not args.no_lab:
+            lab_up(max(n, MIN_LAB_HOSTS))
+        for r in range(1, args.rounds + 1):
+            order = ("manual", "pulumi") if r % 2 else ("pulumi", "manual")
+            for kind in order:
+                if deadline_passed(args.deadline):
+                    log(f"deadline {args.deadline} UTC passed: stopping (results are partial)")
+                    stopped = True
+                    break
+                wait_idle(n, args.max_wait)
+                clean(n)
+                log(f"{n} host(s), round {r}: {kind}")
+                record: dict[str, Any] = {"hosts": n, "round": r, "kind": kind}
+                try:
+                    record.update(kinds[kind](n, r))
+                except Exception as exc:  # recorded and reported; the next run goes on
+                    record["error"] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+                finally:
+                    clean(n)
+                runs.append(record)
+                shown = {k: v for k, v in record.items() if k not in ("steps", "up_steps")}
+                log(f"  -> {shown}")
+                if kind == "pulumi" and "up_steps" in record:
+                    log("  slowest steps of this `pulumi up`:\n" + slowest_table(steps_of(record)))
+                save()
+            if stopped:
+                break
+        if stopped:
+            break
+    if not args.no_lab and max(counts) > MIN_LAB_HOSTS:
+        lab_up(MIN_LAB_HOSTS)  # leave the shared lab as it is normally used
+    meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    meta["complete"] = not stopped
+    summary = save()
+    print(markdown(meta, runs, summary))
+    return 0
