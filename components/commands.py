@@ -46,9 +46,18 @@ def _stdin_digest(salt: str, stdin: str | None) -> str:
     return hashlib.sha256(f"{salt}\0{stdin or ''}".encode()).hexdigest()
 
 
-def run_script(target: list[str], script: str, stdin: str | None, label: str) -> dict[str, str]:
+def run_script(
+    target: list[str],
+    script: str,
+    stdin: str | None,
+    label: str,
+    *,
+    timeout_s: float | None = None,
+    quiet: bool = False,
+) -> dict[str, str]:
     """Run `script` with bash, locally (`target == []`) or through the ssh argv `target`.
-    Progress lines go to this process's stderr as they come, so a person can follow them."""
+    Its progress lines are repeated on this process's stderr (Pulumi shows them) unless
+    `quiet`. Raises RuntimeError with the output's tail on a non-zero exit."""
     argv = [*target, remote_command(script)] if target else ["bash", "-c", script]
     proc = subprocess.Popen(
         argv,
@@ -57,11 +66,16 @@ def run_script(target: list[str], script: str, stdin: str | None, label: str) ->
         stderr=subprocess.PIPE,
         text=True,
     )
-    out, err = proc.communicate(stdin or "")
+    try:
+        out, err = proc.communicate(stdin or "", timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"{label}: no answer within {timeout_s:.0f}s") from None
     if proc.returncode != 0:
         tail = "\n".join((err.strip().splitlines() + out.strip().splitlines())[-OUTPUT_TAIL_LINES:])
         raise RuntimeError(f"{label}: exited with {proc.returncode}:\n{tail}")
-    if err.strip():
+    if err.strip() and not quiet:
         print(err.rstrip(), file=sys.stderr, flush=True)
     return {"stdout": out, "stderr": err}
 

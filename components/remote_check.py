@@ -10,7 +10,6 @@ changes nothing.
 
 from __future__ import annotations
 
-import subprocess
 from typing import Any
 
 import pulumi
@@ -23,24 +22,18 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
+from components.commands import run_script
+
 CHECK_TIMEOUT_S = 120
 
 
-def run_check(ssh_argv: list[str], script: str) -> tuple[bool, str]:
-    """Run `script` with bash on the host behind `ssh_argv`; (passed, last output line)."""
+def run_check(ssh_argv: list[str], script: str) -> bool:
+    """Run the read-only `script` on the host behind `ssh_argv`: did it pass?"""
     try:
-        proc = subprocess.run(
-            [*ssh_argv, "bash", "-s"],
-            input=script,
-            capture_output=True,
-            text=True,
-            timeout=CHECK_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"check could not run: {exc}"
-    lines = (proc.stderr + proc.stdout).strip().splitlines()
-    return proc.returncode == 0, lines[-1] if lines else ""
+        run_script(ssh_argv, script, None, "check", timeout_s=CHECK_TIMEOUT_S, quiet=True)
+    except (OSError, RuntimeError):
+        return False
+    return True
 
 
 class RemoteCheckProvider(ResourceProvider):
@@ -52,7 +45,7 @@ class RemoteCheckProvider(ResourceProvider):
         inputs_changed = any(olds.get(k) != news.get(k) for k in ("ssh_argv", "script", "label"))
         if inputs_changed:
             return DiffResult(changes=True)
-        passed, _ = run_check(list(news["ssh_argv"]), str(news["script"]))
+        passed = run_check(list(news["ssh_argv"]), str(news["script"]))
         return DiffResult(changes=not passed)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
