@@ -23,6 +23,7 @@ import hashlib
 import secrets
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pulumi
@@ -56,8 +57,10 @@ def run_script(
     quiet: bool = False,
 ) -> dict[str, str]:
     """Run `script` with bash, locally (`target == []`) or through the ssh argv `target`.
-    Its progress lines are repeated on this process's stderr (Pulumi shows them) unless
-    `quiet`. Raises RuntimeError with the output's tail on a non-zero exit."""
+
+    Its stderr (the `[host] step: ...` progress lines) is echoed line by line as it comes
+    to this process's stderr, which Pulumi shows during the step, unless `quiet`. Raises
+    RuntimeError with the output's tail on a non-zero exit or after `timeout_s`."""
     argv = [*target, remote_command(script)] if target else ["bash", "-c", script]
     proc = subprocess.Popen(
         argv,
@@ -66,17 +69,43 @@ def run_script(
         stderr=subprocess.PIPE,
         text=True,
     )
+    err_lines: list[str] = []
+    out_chunks: list[str] = []
+
+    def pump_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err_lines.append(line)
+            if not quiet:
+                print(line, end="", file=sys.stderr, flush=True)
+
+    def drain_stdout() -> None:
+        assert proc.stdout is not None
+        out_chunks.append(proc.stdout.read())
+
+    pumps = [threading.Thread(target=f, daemon=True) for f in (pump_stderr, drain_stdout)]
+    for t in pumps:
+        t.start()
+    assert proc.stdin is not None
     try:
-        out, err = proc.communicate(stdin or "", timeout=timeout_s)
+        proc.stdin.write(stdin or "")
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the script exited without reading its input; its exit code tells
+    try:
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.wait()
         raise RuntimeError(f"{label}: no answer within {timeout_s:.0f}s") from None
+    finally:
+        for t in pumps:
+            t.join(timeout=5)
+    out = "".join(out_chunks)
+    err = "".join(err_lines)
     if proc.returncode != 0:
         tail = "\n".join((err.strip().splitlines() + out.strip().splitlines())[-OUTPUT_TAIL_LINES:])
         raise RuntimeError(f"{label}: exited with {proc.returncode}:\n{tail}")
-    if err.strip() and not quiet:
-        print(err.rstrip(), file=sys.stderr, flush=True)
     return {"stdout": out, "stderr": err}
 
 

@@ -83,3 +83,15 @@ def test_remote_check_reports_change_only_when_the_check_fails(tmp_path: Path) -
     present.unlink()
     assert p.diff("w", olds, dict(check)).changes is True
     assert (p.update("w", olds, dict(check)).outs or {})["generation"] == 2
+
+
+def test_progress_lines_are_echoed_unless_quiet(capfd: pytest.CaptureFixture[str]) -> None:
+    from components.commands import run_script
+
+    result = run_script(
+        [], "echo '[h] step: one' >&2; echo out; echo '[h] step: two' >&2", None, "p"
+    )
+    assert result["stdout"] == "out\n"
+    assert capfd.readouterr().err == "[h] step: one\n[h] step: two\n"
+    run_script([], "echo '[h] step: hidden' >&2", None, "p", quiet=True)
+    assert capfd.readouterr().err == ""
