@@ -158,3 +158,24 @@ def slowest_table(steps: list[StepTiming], limit: int = 10) -> str:
             f" ({s.type}){flag}"
         )
     return "\n".join(lines)
+
+
+def critical_path(steps: list[StepTiming], slack_s: float = 0.1) -> list[StepTiming]:
+    """The chain of resource steps that ended last, walked backwards: from the step that
+    ended last, each time the step that ended latest before the current one started (within
+    `slack_s`). An approximation from timing alone (the engine does not log dependencies),
+    good enough to see which host's step held the rest up."""
+    custom = [s for s in steps if s.custom and s.duration_s > 0]
+    if not custom:
+        return []
+    chain = [max(custom, key=lambda s: s.end_s)]
+    while True:
+        before = [s for s in custom if s.end_s <= chain[-1].start_s + slack_s and s not in chain]
+        if not before:
+            break
+        chain.append(max(before, key=lambda s: s.end_s))
+    return list(reversed(chain))
+
+
+def path_line(chain: list[StepTiming]) -> str:
+    return " -> ".join(f"{s.name} {s.duration_s:.1f}s" for s in chain)

@@ -36,7 +36,15 @@ from typing import Any
 
 import yaml
 
-from bench.events import EventTail, StepTiming, phases, slowest_table, step_timings
+from bench.events import (
+    EventTail,
+    StepTiming,
+    critical_path,
+    path_line,
+    phases,
+    slowest_table,
+    step_timings,
+)
 from tests.e2e.lab_stack import REPO, chat, lab_stack
 
 LAB_DIR = Path(os.environ.get("LAB_DIR", REPO / ".lab"))
@@ -420,6 +428,8 @@ def markdown(meta: Mapping[str, Any], runs: list[dict[str, Any]], summary: dict[
             slowest_table(steps_of(r)),
             "```",
             "",
+            f"Critical path (from timing): {path_line(critical_path(steps_of(r)))}",
+            "",
         ]
     return "\n".join(out) + "\n"
 
@@ -514,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: v for k, v in record.items() if k not in ("steps", "up_steps")}
         log(f"  -> {shown}")
         if kind == "pulumi" and "up_steps" in record:
-            log("  slowest steps of this `pulumi up`:\n" + slowest_table(steps_of(record)))
+            steps = steps_of(record)
+            log("  slowest steps of this `pulumi up`:\n" + slowest_table(steps))
+            log("  critical path: " + path_line(critical_path(steps)))
         save()
     if not args.no_lab and max(counts) > MIN_LAB_HOSTS:
         lab_up(MIN_LAB_HOSTS)  # leave the shared lab as it is normally used
