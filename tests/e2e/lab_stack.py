@@ -18,17 +18,41 @@ import requests
 import yaml
 
 from tests.e2e.pulumi_cli import PulumiStack, temporary_stack
+from tests.lab.labutil import read_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "vllm-cluster"
 
 
+def inventory_paths() -> dict[str, dict[str, str]]:
+    """The operator-side files of the running lab (its inventory), which Pulumi.lab.yaml
+    names relative to the project: the same files unless LAB_DIR points elsewhere."""
+    inventory = read_inventory()
+    if inventory is None:
+        return {}
+    engine = inventory.get("engine_image") or {}
+    paths: dict[str, dict[str, str]] = {
+        "ssh": {
+            "private_key_file": inventory["ssh_private_key"],
+            "known_hosts_file": inventory["known_hosts"],
+        }
+    }
+    if inventory.get("model_dir"):
+        paths["model"] = {"local_dir": inventory["model_dir"]}
+    if engine.get("tarball"):
+        paths["image"] = {"tarball": engine["tarball"]}
+    return paths
+
+
 def lab_config(overrides: Mapping[str, Any] | None = None, hosts: int = 2) -> dict[str, Any]:
-    """Pulumi.lab.yaml's document with `hosts` cut to the first N and `overrides` merged
-    into the named top-level keys (dicts merge one level deep; other values replace)."""
+    """Pulumi.lab.yaml's document with `hosts` cut to the first N, the running lab's files
+    (inventory_paths) and then `overrides` merged into the named top-level keys (dicts merge
+    one level deep; other values replace)."""
     doc = yaml.safe_load((REPO / "Pulumi.lab.yaml").read_text())
     config = doc["config"]
     config[f"{NS}:hosts"] = config[f"{NS}:hosts"][:hosts]
+    for key, value in inventory_paths().items():
+        config[f"{NS}:{key}"] = {**config[f"{NS}:{key}"], **value}
     for key, value in (overrides or {}).items():
         full = f"{NS}:{key}"
         if isinstance(value, dict) and isinstance(config.get(full), dict):
