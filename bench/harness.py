@@ -97,17 +97,27 @@ def pulumi_busy() -> list[str]:
 
 
 def host_containers(count: int) -> dict[str, list[str]]:
-    """Running containers inside lab hosts 1..count (only hosts that have some)."""
+    """Running containers inside lab hosts 1..count that manual.sh did not start (only
+    hosts that have some). After `pulumi destroy` none of them is ours."""
     busy: dict[str, list[str]] = {}
     for i in range(1, count + 1):
         out = subprocess.run(
-            ["docker", "exec", f"vllm-lab-{i}", "docker", "ps", "--format", "{{.Names}}"],
+            [
+                "docker",
+                "exec",
+                f"vllm-lab-{i}",
+                "docker",
+                "ps",
+                "--format",
+                '{{.Names}} {{.Label "vllm-cluster.bench"}}',
+            ],
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.split()
-        if out:
-            busy[f"lab-{i}"] = out
+        ).stdout
+        names = [line.split()[0] for line in out.splitlines() if line.split()[1:] != ["manual"]]
+        if names:
+            busy[f"lab-{i}"] = names
     return busy
 
 
@@ -129,8 +139,21 @@ def wait_idle(count: int, max_wait_s: float) -> None:
         waited += 30
 
 
-def clean(count: int) -> None:
-    subprocess.run([str(MANUAL), "clean", str(count)], check=True, cwd=REPO)
+def clean(count: int, max_wait_s: float) -> None:
+    """`manual.sh clean N`; it refuses (exit 3) hosts that run someone else's container:
+    then wait and retry, as for a busy lab."""
+    waited = 0.0
+    while True:
+        rc = subprocess.run([str(MANUAL), "clean", str(count)], cwd=REPO, check=False).returncode
+        if rc == 0:
+            return
+        if rc != 3:
+            raise RuntimeError(f"manual.sh clean {count} exited {rc}")
+        if waited >= max_wait_s:
+            raise RuntimeError(f"hosts still in use by others after {waited:.0f}s; not cleaned")
+        log("a host is in use by someone else; waiting 30 s before cleaning")
+        time.sleep(30)
+        waited += 30
 
 
 # ------------------------------------------------------------------------------- CPU
@@ -411,6 +434,13 @@ def markdown(meta: Mapping[str, Any], runs: list[dict[str, Any]], summary: dict[
             f"- {r['kind']} on {r['hosts']} host(s), round {r['round']}: {r['error']}"
             for r in errors
         ]
+    shared = [r for r in runs if "lab_shared" in r]
+    if shared:
+        out += ["", "## Runs that ended with others on the lab (figures may be skewed)", ""]
+        out += [
+            f"- {r['kind']} on {r['hosts']} host(s), round {r['round']}: {r['lab_shared']}"
+            for r in shared
+        ]
     out += ["", "## Manual steps (median seconds per run, summed over hosts)", ""]
     for n, row in per.items():
         steps = ", ".join(f"{k} {v:.1f}" for k, v in row["manual_steps_s"].items() if v)
@@ -511,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             stopped = True
             break
         wait_idle(n, args.max_wait)
-        clean(n)
+        clean(n, args.max_wait)
         log(f"{n} host(s), round {r}: {kind}")
         record: dict[str, Any] = {"hosts": n, "round": r, "kind": kind}
         try:
@@ -519,7 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # recorded and reported; the next run goes on
             record["error"] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
         finally:
-            clean(n)
+            # Someone else's work on the lab at the end of a run: the figure may be skewed.
+            others = {"pulumi": pulumi_busy(), "containers": host_containers(n)}
+            if others["pulumi"] or others["containers"]:
+                record["lab_shared"] = others
+            clean(n, args.max_wait)
         runs.append(record)
         shown = {k: v for k, v in record.items() if k not in ("steps", "up_steps")}
         log(f"  -> {shown}")

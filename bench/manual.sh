@@ -6,8 +6,9 @@
 # command line as Pulumi.lab.yaml (TP from the stack, PP = number of hosts).
 #
 #   bench/manual.sh N          deploy on lab hosts 1..N, return when a chat completion answers
-#   bench/manual.sh clean N    remove what the manual (or the program) put on hosts 1..N:
-#                              the engine containers, the loaded image, the weights
+#   bench/manual.sh clean N    remove what the manual put on hosts 1..N (its containers, the
+#                              loaded image, the weights); exit 3 when a host runs anyone
+#                              else's container (then nothing is removed there)
 #
 # Run through tools/with-env (LAB_DIR, REPO_ROOT). Hosts, key and pinned host keys come from
 # $LAB_DIR/inventory.json. With MANUAL_STEPS_FILE set, one "step<TAB>host<TAB>seconds" line
@@ -20,8 +21,8 @@ LAB_DIR="${LAB_DIR:-$REPO_ROOT/.lab}"
 PY="$REPO_ROOT/.venv/bin/python"
 STACK_FILE="${MANUAL_STACK_FILE:-$REPO_ROOT/Pulumi.lab.yaml}"
 READY_TIMEOUT_S="${MANUAL_READY_TIMEOUT_S:-300}"
-# The containers the program names, so `clean` removes either's leftovers.
-CONTAINERS=(vllm-ray-head vllm-ray-worker vllm-server)
+# Every container manual.sh starts carries this label (=manual); `clean` removes only those.
+LABEL=vllm-cluster.bench
 
 usage() {
   echo "usage: $0 N | $0 clean N   (N = number of lab hosts, 1..)" >&2
@@ -110,15 +111,24 @@ step_done() {
 }
 
 clean() {
-  local i containers
-  containers="${CONTAINERS[*]}"
+  local i rc=0
   for ((i = 0; i < N; i++)); do
-    # Only our container names, our image tag, our model path and our copied tarball.
-    on "$i" "docker rm -f $containers >/dev/null 2>&1 || true
+    # The lab is shared: a host running anyone else's container is left alone (exit 3, the
+    # caller waits and retries). Only manual.sh's containers (by label), our image tag, our
+    # model path and our copied tarball are removed; `pulumi destroy` removes the program's.
+    if ! on "$i" "others=\$(docker ps --format '{{.Names}} {{.Label \"$LABEL\"}}' |
+        awk '\$2 != \"manual\" { print \$1 }')
+      if [ -n \"\$others\" ]; then echo \"busy: \$others\" >&2; exit 3; fi
+      docker ps -aq --filter label=$LABEL=manual | xargs -r docker rm -f >/dev/null
       docker image rm -f $(printf %q "$IMAGE") >/dev/null 2>&1 || true
-      rm -rf -- $(printf %q "$MODEL_PATH") $(printf %q "$REMOTE_TAR")"
-    log "${NAMES[$i]}: clean (no engine container, no $IMAGE, no $MODEL_PATH)"
+      rm -rf -- $(printf %q "$MODEL_PATH") $(printf %q "$REMOTE_TAR")"; then
+      log "${NAMES[$i]}: in use by someone else, not cleaned"
+      rc=3
+      continue
+    fi
+    log "${NAMES[$i]}: clean (no manual container, no $IMAGE, no $MODEL_PATH)"
   done
+  return "$rc"
 }
 
 # Environment every engine container gets (the manual's `-e` list; the program sets the same).
@@ -136,6 +146,7 @@ node_env() { # node_env INDEX
 # The manual's container flags: host network, host IPC, all GPUs, the weights read-only at
 # the same path on every node.
 RUN_FLAGS="-d --network host --ipc host --gpus all -v $MODEL_PATH:$MODEL_PATH:ro"
+RUN_FLAGS+=" --label $LABEL=manual"
 
 server_argv() {
   local argv="python3 -m vllm.entrypoints.openai.api_server --model $MODEL_PATH"
