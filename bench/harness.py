@@ -229,6 +229,33 @@ class CpuMeter:
 # ------------------------------------------------------------------------------- runs
 
 
+def save_container_logs(count: int, path: Path) -> None:
+    """`docker logs -t` of the engine containers on hosts 1..count, into one file (not timed;
+    the timestamps show where the serving phase spends its time: Ray start, join, load)."""
+    parts = []
+    for i in range(1, count + 1):
+        for name in ("vllm-server", "vllm-ray-head", "vllm-ray-worker"):
+            proc = subprocess.run(
+                ["docker", "exec", f"vllm-lab-{i}", "docker", "logs", "-t", name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode == 0:
+                parts.append(f"==== lab-{i} {name}\n{proc.stdout}{proc.stderr}")
+        # manual.sh's API server runs by `docker exec` in the head and logs to a file there.
+        inner = ["docker", "exec", "vllm-ray-head", "cat", "/tmp/api_server.log"]
+        api = subprocess.run(
+            ["docker", "exec", f"vllm-lab-{i}", *inner],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if api.returncode == 0:
+            parts.append(f"==== lab-{i} vllm-ray-head:/tmp/api_server.log\n{api.stdout}")
+    path.write_text("\n".join(parts))
+
+
 def run_manual(count: int, logdir: Path) -> dict[str, Any]:
     steps_file = logdir / f"manual-{count}-steps.tsv"
     steps_file.unlink(missing_ok=True)
@@ -243,6 +270,7 @@ def run_manual(count: int, logdir: Path) -> dict[str, Any]:
             check=False,
         )
     seconds = time.monotonic() - started
+    save_container_logs(count, logdir / f"containers-manual-{count}-{time.time():.0f}.log")
     steps = []
     if steps_file.exists():
         for line in steps_file.read_text().splitlines():
@@ -299,6 +327,7 @@ def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
         answer = chat(out["endpoint"], out["api_key"], out["served_model_name"])
         if answer.status_code != 200:
             raise RuntimeError(f"endpoint {out['endpoint']} answered {answer.status_code}")
+        save_container_logs(count, logdir / f"containers-{tag}.log")
 
         noop = stack.up(expect_no_changes=True)
         result["noop_up_s"] = round(noop.duration_s, 2)
