@@ -15,6 +15,7 @@ other e2e tests: it waits while their serving containers are on the hosts.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import subprocess
@@ -42,6 +43,7 @@ TAG = "vllm-cpu:lab"
 SERVING_CONTAINERS = ("vllm-server", "vllm-ray-head", "vllm-ray-worker")
 # pulumi up streams a ~7 GB image into each host, then waits for the engine (ready_timeout_s).
 UP_TIMEOUT_S = 2400.0
+LAB_DIR = Path(os.environ.get("LAB_DIR", REPO / ".lab"))
 LAB_BUSY_WAIT_S = float(os.environ.get("REAL_ENGINE_LAB_WAIT_S", "1800"))
 
 
@@ -95,28 +97,70 @@ def engine_image(lab_up: lu.Inventory) -> Path:
     proc = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, f"lab/vllm-cpu/build.sh failed:\n{proc.stderr[-4000:]}"
     print(f"\nimage build (cached or not): {time.monotonic() - started:.1f} s")
-    tarball = REPO / ".lab" / "images" / "vllm-cpu.tar"
+    tarball = LAB_DIR / "images" / "vllm-cpu.tar"
     assert tarball.is_file()
     return tarball
 
 
 def stack_config(hosts: int, serving: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pulumi.lab-cpu.yaml's document; for 2 hosts, lab-2 is Pulumi.lab.yaml's second host."""
+    """Pulumi.lab-cpu.yaml's document with the running lab's operator-side files (its
+    inventory: the same files as the stack names unless LAB_DIR points elsewhere) and the
+    image tarball build.sh wrote; for 2 hosts, lab-2 is Pulumi.lab.yaml's second host."""
     doc: dict[str, Any] = yaml.safe_load((REPO / "Pulumi.lab-cpu.yaml").read_text())
     config = doc["config"]
     if hosts > 1:
         lab = yaml.safe_load((REPO / "Pulumi.lab.yaml").read_text())["config"]
         config[f"{NS}:hosts"] = lab[f"{NS}:hosts"][:hosts]
+    inventory = lu.read_inventory()
+    assert inventory is not None, "the lab has no inventory"
+    config[f"{NS}:ssh"] = {
+        **config[f"{NS}:ssh"],
+        "private_key_file": inventory["ssh_private_key"],
+        "known_hosts_file": inventory["known_hosts"],
+    }
+    config[f"{NS}:model"] = {**config[f"{NS}:model"], "local_dir": inventory["model_dir"]}
+    config[f"{NS}:image"] = {
+        **config[f"{NS}:image"],
+        "tarball": str(LAB_DIR / "images" / "vllm-cpu.tar"),
+    }
     config[f"{NS}:serving"] = {**config[f"{NS}:serving"], **(serving or {})}
     return doc
 
 
 @contextmanager
-def real_engine_stack(prefix: str, doc: dict[str, Any]) -> Iterator[PulumiStack]:
-    """A throwaway stack with `doc` as its config file; destroyed and removed on exit."""
-    with temporary_stack(REPO, prefix=prefix, timeout_s=UP_TIMEOUT_S) as stack:
-        (REPO / f"Pulumi.{stack.name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        yield stack
+def lab_serving_lock() -> Iterator[None]:
+    """An advisory lock on serving in the lab ($LAB_DIR/serving.lock, flock), held for a
+    stack's whole life: two stacks serving on the same host and port would answer each
+    other's readiness checks or remove each other's containers. Other lab users (e2e, bench)
+    that take it too never overlap with this test; the idle check covers those that don't."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LAB_DIR / "serving.lock", "w") as handle:
+        deadline = time.monotonic() + LAB_BUSY_WAIT_S
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    unavailable(f"{LAB_DIR / 'serving.lock'} stayed locked {LAB_BUSY_WAIT_S:.0f} s")
+                time.sleep(10)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def real_engine_stack(
+    prefix: str, doc: dict[str, Any], hosts: tuple[str, ...]
+) -> Iterator[PulumiStack]:
+    """A throwaway stack with `doc` as its config file, on an idle lab, under the serving
+    lock; destroyed and removed on exit."""
+    with lab_serving_lock():
+        wait_for_idle_lab(hosts)
+        with temporary_stack(REPO, prefix=prefix, timeout_s=UP_TIMEOUT_S) as stack:
+            (REPO / f"Pulumi.{stack.name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+            yield stack
 
 
 def chat(endpoint: str, key: str | None, model: str) -> requests.Response:
@@ -155,8 +199,7 @@ def engine_start_s(host: str, container: str) -> float | None:
 
 
 def test_single_node_real_engine_serves_with_key_and_401_without(engine_image: Path) -> None:
-    wait_for_idle_lab(("1",))
-    with real_engine_stack("e2e-real", stack_config(hosts=1)) as stack:
+    with real_engine_stack("e2e-real", stack_config(hosts=1), ("1",)) as stack:
         check_single_node(stack)
 
 
@@ -171,6 +214,7 @@ def check_single_node(stack: PulumiStack) -> None:
     assert (plan["tensor_parallel_size"], plan["pipeline_parallel_size"]) == (1, 1), plan
     assert plan["max_model_len"] == 256 and plan["max_num_seqs"] == 4, plan
 
+    assert serving_containers("1") == ["vllm-server"], "another stack is serving on lab-1"
     # The real engine, not the stand-in: vLLM's own version and its CPU build in the container.
     version = requests.get(endpoint.removesuffix("/v1") + "/version", timeout=30)
     assert version.status_code == 200 and version.json()["version"] == "0.32.0", version.text
@@ -206,7 +250,6 @@ def test_multi_node_ray_backend_on_cpu_fails_with_vllms_own_error(engine_image: 
     stand-in. Ray forms (the program's head script waits for both nodes), then vLLM's CPU
     platform refuses the Ray executor: it declares no Ray device key. The program must not
     report an endpoint, and its error must carry vLLM's message from the head's log."""
-    wait_for_idle_lab(("1", "2"))
     # 4 engine workers on a shared 2-core machine: keep the KV cache small in case it starts
     # (on CPU the fraction is of host memory, per worker); the planner's per-GPU reserve is
     # lowered so that this small fraction still plans.
@@ -219,7 +262,7 @@ def test_multi_node_ray_backend_on_cpu_fails_with_vllms_own_error(engine_image: 
             "reserve_gib": 1,
         },
     )
-    with real_engine_stack("e2e-real-ray", doc) as stack:
+    with real_engine_stack("e2e-real-ray", doc, ("1", "2")) as stack:
         started = time.monotonic()
         with pytest.raises(PulumiCommandError) as failed:
             stack.up()
