@@ -49,6 +49,11 @@ last_note=-{gate.progress_every_s}
 
 fail() {{
   echo "readiness: $1" >&2
+  # The root cause is often far above the tail (vLLM ends with "Engine core initialization
+  # failed. See root cause above"): quote the first error lines of the whole log too.
+  echo "readiness: first error lines of $container:" >&2
+  docker logs "$container" 2>&1 | grep -m 8 -E 'Error|Exception|error:|Traceback' |
+    sed 's/^/  ! /' >&2 || true
   echo "readiness: last log lines of $container:" >&2
   docker logs --tail 40 "$container" 2>&1 | sed 's/^/  | /' >&2 || true
   exit 1
