@@ -8,7 +8,10 @@ what `make demo` deploys, changed only where the test says.
 from __future__ import annotations
 
 import copy
+import fcntl
+import os
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +21,11 @@ import requests
 import yaml
 
 from tests.e2e.pulumi_cli import PulumiStack, temporary_stack
-from tests.lab.labutil import read_inventory
+from tests.lab.labutil import LAB_DIR, read_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "vllm-cluster"
+LAB_BUSY_WAIT_S = float(os.environ.get("LAB_BUSY_WAIT_S", "1800"))
 
 
 def inventory_paths() -> dict[str, dict[str, str]]:
@@ -70,10 +74,35 @@ def write_stack_config(stack: PulumiStack, doc: Mapping[str, Any]) -> None:
 
 
 @contextmanager
+def lab_serving_lock(wait_s: float = LAB_BUSY_WAIT_S) -> Iterator[None]:
+    """An advisory lock on serving in the lab ($LAB_DIR/serving.lock, flock), held for a
+    stack's whole life: two stacks serving on the same host and port would answer each
+    other's readiness checks or remove each other's containers (seen when tests and
+    benchmarks shared the lab)."""
+    LAB_DIR.mkdir(parents=True, exist_ok=True)
+    with open(LAB_DIR / "serving.lock", "w") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    msg = f"{LAB_DIR / 'serving.lock'} stayed locked {wait_s:.0f} s"
+                    raise TimeoutError(msg) from None
+                time.sleep(5)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
 def lab_stack(
     prefix: str, overrides: Mapping[str, Any] | None = None, hosts: int = 2
 ) -> Iterator[PulumiStack]:
-    with temporary_stack(REPO, prefix=prefix) as stack:
+    """A throwaway stack of this project on the lab, under the serving lock."""
+    with lab_serving_lock(), temporary_stack(REPO, prefix=prefix) as stack:
         write_stack_config(stack, lab_config(overrides, hosts))
         yield stack
 

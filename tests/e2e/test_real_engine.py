@@ -15,7 +15,6 @@ other e2e tests: it waits while their serving containers are on the hosts.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import subprocess
@@ -31,6 +30,7 @@ import requests
 import yaml
 
 from tests.e2e.conftest import unavailable
+from tests.e2e.lab_stack import lab_serving_lock
 from tests.e2e.pulumi_cli import PulumiCommandError, PulumiStack, temporary_stack
 from tests.lab import labutil as lu
 
@@ -128,35 +128,12 @@ def stack_config(hosts: int, serving: dict[str, Any] | None = None) -> dict[str,
 
 
 @contextmanager
-def lab_serving_lock() -> Iterator[None]:
-    """An advisory lock on serving in the lab ($LAB_DIR/serving.lock, flock), held for a
-    stack's whole life: two stacks serving on the same host and port would answer each
-    other's readiness checks or remove each other's containers. Other lab users (e2e, bench)
-    that take it too never overlap with this test; the idle check covers those that don't."""
-    LAB_DIR.mkdir(parents=True, exist_ok=True)
-    with open(LAB_DIR / "serving.lock", "w") as handle:
-        deadline = time.monotonic() + LAB_BUSY_WAIT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    unavailable(f"{LAB_DIR / 'serving.lock'} stayed locked {LAB_BUSY_WAIT_S:.0f} s")
-                time.sleep(10)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
 def real_engine_stack(
     prefix: str, doc: dict[str, Any], hosts: tuple[str, ...]
 ) -> Iterator[PulumiStack]:
     """A throwaway stack with `doc` as its config file, on an idle lab, under the serving
     lock; destroyed and removed on exit."""
-    with lab_serving_lock():
+    with lab_serving_lock(LAB_BUSY_WAIT_S):
         wait_for_idle_lab(hosts)
         with temporary_stack(REPO, prefix=prefix, timeout_s=UP_TIMEOUT_S) as stack:
             (REPO / f"Pulumi.{stack.name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
