@@ -45,12 +45,8 @@ host_python() {
   fi
 }
 PY="$(host_python)"
-
-json_field() { # json_field FILE KEY -> value or empty
-  "$PY" -c 'import json,sys
-try: print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))
-except (OSError, ValueError): print("")' "$1" "$2"
-}
+# shellcheck source=lab/lib/image-build.sh
+source "$here/../lib/image-build.sh"
 
 recipe_hash() {
   # Relative paths and contents of every source file, this script, and the pinned versions.
@@ -58,80 +54,11 @@ recipe_hash() {
     echo "ray=$RAY_VERSION suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
     (
       cd "$here"
-      find build.sh standin -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+      find build.sh ../lib/image-build.sh standin -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
         ! -path '*.egg-info/*' ! -path 'standin/build/*' -print0 |
         LC_ALL=C sort -z | xargs -0 sha256sum
     )
   } | sha256sum | cut -c1-64
-}
-
-# Debian's mirror, read from this machine's apt sources at run time (never written down in the
-# repository): the URI of the first deb822 stanza that serves a plain (non -security) suite.
-debian_mirror() {
-  "$PY" - <<'EOF'
-import glob, sys
-for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-    for stanza in open(path).read().split("\n\n"):
-        fields = {}
-        for line in stanza.splitlines():
-            if line.startswith("#") or ":" not in line:
-                continue
-            key, _, value = line.partition(":")
-            fields[key.strip().lower()] = value.split()
-        suites = fields.get("suites", [])
-        if "deb" in fields.get("types", []) and any("-" not in s for s in suites):
-            for uri in fields.get("uris", []):
-                if "security" not in uri:
-                    print(uri)
-                    sys.exit(0)
-for line in open("/etc/apt/sources.list") if glob.glob("/etc/apt/sources.list") else []:
-    parts = line.split()
-    if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
-        print(parts[1] if not parts[1].startswith("[") else parts[2])
-        sys.exit(0)
-sys.exit("no Debian mirror found in /etc/apt/sources.list.d/*.sources")
-EOF
-}
-
-ensure_loaded() { # make sure the local engine has the image recorded in $META
-  local want have
-  want="$(json_field "$META" id)"
-  have="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
-  if [[ -n "$want" && "$have" == "$want" ]]; then
-    return 0
-  fi
-  log "loading $OUT into the local docker engine"
-  docker load -i "$OUT" >/dev/null
-}
-
-build_rootfs() { # -> path of the cached root filesystem tarball
-  local mirror key rootfs tmp
-  mirror="$(debian_mirror)"
-  key="$(printf '%s|%s|%s|minbase|nodocs' "$SUITE" "$PACKAGES" "$mirror" | sha256sum | cut -c1-16)"
-  rootfs="$CACHE_DIR/rootfs/engine-$SUITE-$key.tar"
-  if [[ -s "$rootfs" ]]; then
-    log "root filesystem: cached $rootfs"
-    echo "$rootfs"
-    return 0
-  fi
-  if ! command -v mmdebstrap >/dev/null 2>&1; then
-    log "installing mmdebstrap (Debian package)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
-  fi
-  mkdir -p "$CACHE_DIR/rootfs"
-  tmp="$CACHE_DIR/rootfs/.engine-$SUITE-$key.$$.tar"
-  log "root filesystem: mmdebstrap $SUITE (minbase: $PACKAGES)"
-  # Only the main suite: the security suite is not served to this machine.
-  mmdebstrap --quiet --format=tar --variant=minbase --include="$PACKAGES" \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    "$SUITE" "$tmp" "deb $mirror $SUITE main" >&2
-  mv "$tmp" "$rootfs"
-  log "root filesystem: $(du -h "$rootfs" | cut -f1) in $rootfs"
-  echo "$rootfs"
 }
 
 fetch_wheels() { # -> directory holding ray and its dependencies for cp311 manylinux x86_64
@@ -158,7 +85,7 @@ fetch_wheels() { # -> directory holding ray and its dependencies for cp311 manyl
 
 build_image() { # build_image RECIPE -> image id
   local recipe="$1" rootfs wheels base stage ctr
-  rootfs="$(build_rootfs)"
+  rootfs="$(build_rootfs "$CACHE_DIR" engine)"
   wheels="$(fetch_wheels)"
   base="vllm-standin-base:$(basename "$rootfs" .tar | sed 's/^engine-//')"
   if ! docker image inspect "$base" >/dev/null 2>&1; then

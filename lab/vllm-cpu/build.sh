@@ -37,85 +37,20 @@ die() {
   exit 1
 }
 PY="$(vc_host_python)"
-
-json_field() { # json_field FILE KEY -> value or empty
-  "$PY" -c 'import json,sys
-try: print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))
-except (OSError, ValueError): print("")' "$1" "$2"
-}
+# shellcheck source=lab/lib/image-build.sh
+source "$here/../lib/image-build.sh"
 
 recipe_hash() { # recipe_hash WHEELS
   {
     echo "suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
-    cat "$here/build.sh" "$REPO_ROOT/tools/vllm-cpu/lib.sh" "$1/requirements.txt"
+    cat "$here/build.sh" "$here/../lib/image-build.sh" "$REPO_ROOT/tools/vllm-cpu/lib.sh" \
+      "$1/requirements.txt"
   } | sha256sum | cut -c1-64
-}
-
-# Debian's mirror, read from this machine's apt sources at run time (never written down in
-# the repository): the first deb822 stanza serving a plain (not -security) suite.
-debian_mirror() {
-  "$PY" - <<'EOF'
-import glob, sys
-for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
-    for stanza in open(path).read().split("\n\n"):
-        fields = {}
-        for line in stanza.splitlines():
-            if not line.startswith("#") and ":" in line:
-                key, _, value = line.partition(":")
-                fields[key.strip().lower()] = value.split()
-        if "deb" in fields.get("types", []) and any("-" not in s for s in fields.get("suites", [])):
-            uris = [u for u in fields.get("uris", []) if "security" not in u]
-            if uris:
-                print(uris[0])
-                sys.exit(0)
-sys.exit("no Debian mirror found in /etc/apt/sources.list.d/*.sources")
-EOF
-}
-
-ensure_loaded() { # the local engine has the image recorded in $META
-  local want have
-  want="$(json_field "$META" id)"
-  have="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
-  if [[ -n "$want" && "$have" == "$want" ]]; then
-    return 0
-  fi
-  log "loading $OUT into the local docker engine"
-  docker load -i "$OUT" >/dev/null
-}
-
-build_rootfs() { # -> path of the cached root filesystem tarball
-  local mirror key rootfs tmp
-  mirror="$(debian_mirror)"
-  key="$(printf '%s|%s|%s|minbase|nodocs' "$SUITE" "$PACKAGES" "$mirror" | sha256sum | cut -c1-16)"
-  rootfs="$VLLM_CPU_CACHE/rootfs/$SUITE-$key.tar"
-  if [[ -s "$rootfs" ]]; then
-    log "root filesystem: cached $rootfs"
-    echo "$rootfs"
-    return 0
-  fi
-  if ! command -v mmdebstrap >/dev/null 2>&1; then
-    log "installing mmdebstrap (Debian package)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null ||
-      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
-  fi
-  mkdir -p "$VLLM_CPU_CACHE/rootfs"
-  tmp="$VLLM_CPU_CACHE/rootfs/.$SUITE-$key.$$.tar"
-  log "root filesystem: mmdebstrap $SUITE (minbase: $PACKAGES)"
-  # Only the main suite: the security suite is not served to this machine.
-  mmdebstrap --quiet --format=tar --variant=minbase --include="$PACKAGES" \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    "$SUITE" "$tmp" "deb $mirror $SUITE main" >&2
-  mv "$tmp" "$rootfs"
-  log "root filesystem: $(du -h "$rootfs" | cut -f1) in $rootfs"
-  echo "$rootfs"
 }
 
 build_image() { # build_image RECIPE WHEELS -> image id
   local recipe="$1" wheels="$2" rootfs base ctr
-  rootfs="$(build_rootfs)"
+  rootfs="$(build_rootfs "$VLLM_CPU_CACHE" vllm-cpu)"
   base="vllm-cpu-base:$(basename "$rootfs" .tar)"
   if ! docker image inspect "$base" >/dev/null 2>&1; then
     log "docker import $rootfs as $base"
