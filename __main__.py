@@ -13,15 +13,10 @@ from pathlib import Path
 import pulumi
 from pulumi.runtime.config import get_config
 
-from components.deployment import (
-    Deployment,
-    OperatorFiles,
-    host_key_from_known_hosts,
-    known_hosts_text,
-    render_deployment,
-)
+from components.deployment import Deployment, render_deployment
 from components.gpu_host import GpuHost, GpuHostArgs
 from components.model_weights import ModelWeights, WeightsTarget
+from components.operator_files import HostKeysNotPinned, prepare_operator_files
 from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
 from components.settings import (
     CONFIG_KEYS,
@@ -55,56 +50,10 @@ def make_plan(settings: Settings) -> Plan:
 
 
 def operator_dir() -> Path:
-    """Per-stack files on the operator machine (a key written from the secret, pinned
-    known_hosts). Outside the project, readable by the operator only."""
+    """Per-stack files on the operator machine, outside the project: a key written from the
+    secret, the pinned known_hosts."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    path = cache / "vllm-cluster" / pulumi.get_project() / pulumi.get_stack()
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
-
-
-def ssh_credentials(settings: Settings) -> OperatorFiles:
-    """The private key as a file and the pinned host keys as a known_hosts file: every SSH
-    client of the program (commands, docker provider, rsync) is OpenSSH with these."""
-    if settings.ssh.private_key_file:
-        key_path = (PROJECT_DIR / Path(settings.ssh.private_key_file).expanduser()).resolve()
-    else:
-        # OpenSSH needs a file: write the secret to a 0600 file in the operator's own cache,
-        # never into the project or the state.
-        key_path = operator_dir() / "id_ssh"
-        write_private(key_path, str(get_config(f"{NAMESPACE}:sshPrivateKey")))
-
-    keys: dict[str, str] = {}
-    known_text = ""
-    if settings.ssh.known_hosts_file:
-        known_path = (PROJECT_DIR / Path(settings.ssh.known_hosts_file).expanduser()).resolve()
-        known_text = known_path.read_text()
-    unpinned = []
-    for index, host in enumerate(settings.hosts):
-        key = host.host_key or host_key_from_known_hosts(known_text, host.address, host.port)
-        if key:
-            keys[host.name] = key
-        else:
-            unpinned.append(
-                f"hosts[{index}].host_key: no pinned host key for {host.address}; set it "
-                f"(ssh-keyscan -t ed25519 {host.address}) or list the host in "
-                "ssh.known_hosts_file"
-            )
-    if unpinned:
-        raise pulumi.RunError("host keys must be pinned:\n  - " + "\n  - ".join(unpinned))
-    if settings.ssh.known_hosts_file and all(h.host_key is None for h in settings.hosts):
-        known_file = str(known_path)
-    else:
-        pinned = operator_dir() / "known_hosts"
-        pinned.write_text(known_hosts_text(settings.hosts, keys))
-        known_file = str(pinned)
-    return OperatorFiles(str(key_path), known_file, keys)
+    return cache / "vllm-cluster" / pulumi.get_project() / pulumi.get_stack()
 
 
 def declare(dep: Deployment, settings: Settings) -> None:
@@ -221,7 +170,15 @@ def main() -> None:
         f"max concurrency {plan.max_concurrency} at max_model_len {plan.max_model_len}; "
         f"the manual's estimate: {plan.seed_estimate_gb:.0f} GB -> {plan.seed_nodes} node(s)"
     )
-    files = ssh_credentials(settings)
+    secret_key = (
+        get_config(f"{NAMESPACE}:sshPrivateKey") if settings.secrets.ssh_private_key else None
+    )
+    try:
+        files = prepare_operator_files(
+            settings, PROJECT_DIR, operator_dir(), str(secret_key) if secret_key else None
+        )
+    except HostKeysNotPinned as exc:
+        raise pulumi.RunError(str(exc)) from None
     dep = render_deployment(settings, plan, files, PROJECT_DIR)
     declare(dep, settings)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from components.engine import EngineLaunch, NodeNetwork, RayLayout
 from components.gpu_host import HostScripts
+from components.operator_files import OperatorFiles
 from components.ray_cluster import HEAD_CONTAINER, WORKER_CONTAINER
 from components.settings import Host, Settings
 from components.shell import MANIFEST as WEIGHTS_MANIFEST
@@ -82,37 +83,6 @@ class Deployment:
     @property
     def endpoint(self) -> str:
         return f"http://{self.head.host.address}:{self.launch.port}/v1"
-
-
-@dataclass(frozen=True)
-class OperatorFiles:
-    """Files on the operator machine that OpenSSH clients need."""
-
-    private_key_file: str
-    known_hosts_file: str
-    # host name -> pinned key (`<type> <base64>`), as written to known_hosts_file
-    host_keys: dict[str, str]
-
-
-def host_key_from_known_hosts(text: str, address: str, port: int) -> str | None:
-    """The `<type> <base64>` key for `address` (port 22) or `[address]:port` in a
-    known_hosts text; None when absent (hashed entries are not matched)."""
-    wanted = address if port == 22 else f"[{address}]:{port}"
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or line.lstrip().startswith(("#", "@")):
-            continue
-        if wanted in parts[0].split(","):
-            return f"{parts[1]} {parts[2]}"
-    return None
-
-
-def known_hosts_text(hosts: tuple[Host, ...], keys: dict[str, str]) -> str:
-    lines = []
-    for h in hosts:
-        name = h.address if h.port == 22 else f"[{h.address}]:{h.port}"
-        lines.append(f"{name} {keys[h.name]}")
-    return "\n".join(lines) + "\n"
 
 
 def engine_launch(settings: Settings, plan: Plan) -> EngineLaunch:

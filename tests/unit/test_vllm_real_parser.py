@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
-from components.deployment import OperatorFiles, render_deployment
+from components.deployment import render_deployment
 from components.engine import VLLM_SERVER_MODULE, ray_head_script, vllm_server_argv
+from components.operator_files import OperatorFiles
 from components.settings import NAMESPACE, SECRET_KEYS, load_settings
 from components.shell import tarball_image_id
 from components.sizing import plan_from_settings

@@ -1,0 +1,101 @@
+"""Files on the operator machine that every SSH client of the program needs.
+
+All clients (ShellCommand, the docker provider's ssh:// helper, rsync) are OpenSSH, which
+wants the private key as a file and the pinned host keys as a known_hosts file. This module
+produces both from the settings: the key file as configured (or written 0600 from the
+`sshPrivateKey` secret into the operator's own per-stack directory, never the project or the
+state) and a known_hosts file pinning every host (from `hosts[].host_key` and/or
+`ssh.known_hosts_file`). A host without a pinned key is refused.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.settings import Host, Settings
+
+
+class HostKeysNotPinned(ValueError):
+    """Some hosts have no pinned host key; the message names each `hosts[i].host_key`."""
+
+
+@dataclass(frozen=True)
+class OperatorFiles:
+    """Files on the operator machine that OpenSSH clients need."""
+
+    private_key_file: str
+    known_hosts_file: str
+    # host name -> pinned key (`<type> <base64>`), as written to known_hosts_file
+    host_keys: dict[str, str]
+
+
+def host_key_from_known_hosts(text: str, address: str, port: int) -> str | None:
+    """The `<type> <base64>` key for `address` (port 22) or `[address]:port` in a
+    known_hosts text; None when absent (hashed entries are not matched)."""
+    wanted = address if port == 22 else f"[{address}]:{port}"
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or line.lstrip().startswith(("#", "@")):
+            continue
+        if wanted in parts[0].split(","):
+            return f"{parts[1]} {parts[2]}"
+    return None
+
+
+def known_hosts_text(hosts: tuple[Host, ...], keys: dict[str, str]) -> str:
+    lines = []
+    for h in hosts:
+        name = h.address if h.port == 22 else f"[{h.address}]:{h.port}"
+        lines.append(f"{name} {keys[h.name]}")
+    return "\n".join(lines) + "\n"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` readable by the owner only (created 0600, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+
+
+def prepare_operator_files(
+    settings: Settings, project_dir: Path, stack_dir: Path, secret_key: str | None
+) -> OperatorFiles:
+    """The key file and a known_hosts file pinning every host; relative paths in the settings
+    resolve against `project_dir`, files this function writes go to `stack_dir`."""
+    if settings.ssh.private_key_file:
+        key_path = (project_dir / Path(settings.ssh.private_key_file).expanduser()).resolve()
+    else:
+        if secret_key is None:
+            raise ValueError("no SSH key: set ssh.private_key_file or vllm-cluster:sshPrivateKey")
+        key_path = stack_dir / "id_ssh"
+        write_private(key_path, secret_key)
+
+    known_text = ""
+    known_path: Path | None = None
+    if settings.ssh.known_hosts_file:
+        known_path = (project_dir / Path(settings.ssh.known_hosts_file).expanduser()).resolve()
+        known_text = known_path.read_text()
+    keys: dict[str, str] = {}
+    unpinned = []
+    for index, host in enumerate(settings.hosts):
+        key = host.host_key or host_key_from_known_hosts(known_text, host.address, host.port)
+        if key:
+            keys[host.name] = key
+        else:
+            unpinned.append(
+                f"hosts[{index}].host_key: no pinned host key for {host.address}; set it "
+                f"(ssh-keyscan -t ed25519 {host.address}) or list the host in "
+                "ssh.known_hosts_file"
+            )
+    if unpinned:
+        raise HostKeysNotPinned("host keys must be pinned:\n  - " + "\n  - ".join(unpinned))
+    if known_path is not None and all(h.host_key is None for h in settings.hosts):
+        known_file = known_path
+    else:
+        known_file = stack_dir / "known_hosts"
+        stack_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        known_file.write_text(known_hosts_text(settings.hosts, keys))
+    return OperatorFiles(str(key_path), str(known_file), keys)
