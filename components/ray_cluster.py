@@ -23,8 +23,7 @@ from components.engine import (
     ray_worker_script,
 )
 from components.gpu_host import GpuHost
-from components.readiness import ReadinessGate
-from components.vllm_service import readiness_gate
+from components.vllm_service import gated_endpoint
 
 HEAD_CONTAINER = "vllm-ray-head"
 WORKER_STOP_GRACE_S = 5
@@ -128,20 +127,15 @@ class RayVllmCluster(pulumi.ComponentResource):
             )
             for w in args.workers
         ]
-        gate = readiness_gate(
+        self.endpoint = gated_endpoint(
             f"{name}-ready",
             args.head.host,
-            ReadinessGate(
-                container=HEAD_CONTAINER,
-                port=args.launch.port,
-                served_model_name=args.launch.served_model_name,
-                timeout_s=args.ready_timeout_s,
-            ),
+            args.layout.head_address,
+            HEAD_CONTAINER,
+            args.launch,
+            args.ready_timeout_s,
             args.api_key,
             head,
             pulumi.ResourceOptions(parent=self, depends_on=workers),
-        )
-        self.endpoint = gate.stdout.apply(
-            lambda _: f"http://{args.layout.head_address}:{args.launch.port}/v1"
         )
         self.register_outputs({"endpoint": self.endpoint})

@@ -60,34 +60,42 @@ class VllmService(pulumi.ComponentResource):
                 depends_on=[*args.host.ready, *args.depends_on],
             ),
         )
-        gate = readiness_gate(
+        self.container_id = container.id
+        self.endpoint = gated_endpoint(
             f"{name}-ready",
             args.host,
-            ReadinessGate(
-                container=SERVER_CONTAINER,
-                port=args.launch.port,
-                served_model_name=args.launch.served_model_name,
-                timeout_s=args.ready_timeout_s,
-            ),
+            args.address,
+            SERVER_CONTAINER,
+            args.launch,
+            args.ready_timeout_s,
             args.api_key,
             container,
             pulumi.ResourceOptions(parent=self),
         )
-        self.container_id = container.id
-        self.endpoint = gate.stdout.apply(lambda _: f"http://{args.address}:{args.launch.port}/v1")
         self.register_outputs({"endpoint": self.endpoint})
 
 
-def readiness_gate(
+def gated_endpoint(
     resource_name: str,
     host: GpuHost,
-    gate: ReadinessGate,
+    address: str,
+    container_name: str,
+    launch: EngineLaunch,
+    timeout_s: int,
     api_key: pulumi.Input[str],
     container: pulumi.Resource,
     opts: pulumi.ResourceOptions,
-) -> ShellCommand:
-    """Runs on the serving host each time the serving container is (re)created."""
-    return ShellCommand(
+) -> pulumi.Output[str]:
+    """The endpoint URL, known only once the readiness gate passed on the serving host.
+
+    The gate re-runs each time the serving container is (re)created (its ID is a trigger)."""
+    gate = ReadinessGate(
+        container=container_name,
+        port=launch.port,
+        served_model_name=launch.served_model_name,
+        timeout_s=timeout_s,
+    )
+    command = ShellCommand(
         resource_name,
         target=host.ssh.ssh_command(),
         create=readiness_script(gate),
@@ -95,3 +103,4 @@ def readiness_gate(
         triggers=[container.id],  # type: ignore[attr-defined]
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[container])),
     )
+    return command.stdout.apply(lambda _: f"http://{address}:{launch.port}/v1")
