@@ -45,7 +45,8 @@ from bench.events import (
     slowest_table,
     step_timings,
 )
-from tests.e2e.lab_stack import REPO, chat, lab_stack
+from tests.e2e.lab_stack import REPO, chat, lab_config, lab_serving_lock, write_stack_config
+from tests.e2e.pulumi_cli import temporary_stack
 
 LAB_DIR = Path(os.environ.get("LAB_DIR", REPO / ".lab"))
 INVENTORY = LAB_DIR / "inventory.json"
@@ -304,7 +305,10 @@ def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
         "serving": {"pipeline_parallel_size": count},
     }
     result: dict[str, Any] = {}
-    with lab_stack(STACK_PREFIX, overrides, hosts=count) as stack:
+    # tests.e2e.lab_stack.lab_stack without its serving lock: the caller holds it already
+    # for the whole run (clean, up, no-change up, destroy, clean).
+    with temporary_stack(REPO, prefix=STACK_PREFIX) as stack:
+        write_stack_config(stack, lab_config(overrides, count))
         events_path = logdir / f"events-{tag}.jsonl"
         events_path.unlink(missing_ok=True)
         started = time.monotonic()
@@ -569,20 +573,23 @@ def main(argv: list[str] | None = None) -> int:
             log(f"deadline {args.deadline} UTC passed: stopping (results are partial)")
             stopped = True
             break
-        wait_idle(n, args.max_wait)
-        clean(n, args.max_wait)
-        log(f"{n} host(s), round {r}: {kind}")
         record: dict[str, Any] = {"hosts": n, "round": r, "kind": kind}
-        try:
-            record.update(kinds[kind](n, r))
-        except Exception as exc:  # recorded and reported; the next run goes on
-            record["error"] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
-        finally:
-            # Someone else's work on the lab at the end of a run: the figure may be skewed.
-            others = {"pulumi": pulumi_busy(), "containers": host_containers(n)}
-            if others["pulumi"] or others["containers"]:
-                record["lab_shared"] = others
+        # The lab's serving lock (the e2e stacks take it too) for the whole run, and an idle
+        # lab besides (someone may work on it without the lock).
+        with lab_serving_lock(args.max_wait):
+            wait_idle(n, args.max_wait)
             clean(n, args.max_wait)
+            log(f"{n} host(s), round {r}: {kind}")
+            try:
+                record.update(kinds[kind](n, r))
+            except Exception as exc:  # recorded and reported; the next run goes on
+                record["error"] = f"{type(exc).__name__}: {str(exc)[-2000:]}"
+            finally:
+                # Someone else's work on the lab at the end of a run: the figure may be skewed.
+                others = {"pulumi": pulumi_busy(), "containers": host_containers(n)}
+                if others["pulumi"] or others["containers"]:
+                    record["lab_shared"] = others
+                clean(n, args.max_wait)
         runs.append(record)
         shown = {k: v for k, v in record.items() if k not in ("steps", "up_steps")}
         log(f"  -> {shown}")

@@ -58,8 +58,10 @@ out = {
     "SSH_KEY": inventory["ssh_private_key"],
     "KNOWN_HOSTS": inventory["known_hosts"],
     "IMAGE": image["name"],
-    "TARBALL": str((root / image["tarball"]).resolve()),
-    "LOCAL_MODEL": str((root / model["local_dir"]).resolve()),
+    # The running lab's files when its inventory names them, as the e2e/bench stacks use.
+    "TARBALL": (inventory.get("engine_image") or {}).get("tarball")
+    or str((root / image["tarball"]).resolve()),
+    "LOCAL_MODEL": inventory.get("model_dir") or str((root / model["local_dir"]).resolve()),
     "MODEL_PATH": model["path"],
     "SERVED_NAME": model.get("served_name", model["path"]),
     "TP": str(serving.get("tensor_parallel_size", 1)),
