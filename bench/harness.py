@@ -157,6 +157,30 @@ def clean(count: int, max_wait_s: float) -> None:
         waited += 30
 
 
+# ------------------------------------------------------------------------------- model
+
+# The lab's tiny model has 2 layers, so PP (= N hosts) stops at 2: the planner refuses PP 4
+# ("each stage needs a layer"). The benchmark uses the same tiny Llama with 4 layers, made
+# by the lab's own generator, for every host count (so N = 1, 2, 4 move the same bytes).
+BENCH_LAYERS = 4
+BENCH_MODEL = REPO / ".state" / "bench" / "model" / f"tiny-llama-{BENCH_LAYERS}l"
+
+
+def ensure_bench_model() -> Path:
+    config = BENCH_MODEL / "config.json"
+    if config.exists() and json.loads(config.read_text())["num_hidden_layers"] == BENCH_LAYERS:
+        return BENCH_MODEL
+    log(f"making the {BENCH_LAYERS}-layer tiny model in {BENCH_MODEL}")
+    script = (
+        "import sys; from pathlib import Path; sys.path.insert(0, 'lab/engine'); "
+        "import make_tiny_model as m; "
+        f"m.CONFIG['num_hidden_layers'] = {BENCH_LAYERS}; m.build(Path(sys.argv[1]))"
+    )
+    BENCH_MODEL.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", script, str(BENCH_MODEL)], check=True, cwd=REPO)
+    return BENCH_MODEL
+
+
 # ------------------------------------------------------------------------------- CPU
 
 
@@ -265,7 +289,11 @@ def run_manual(count: int, logdir: Path) -> dict[str, Any]:
         proc = subprocess.run(
             [str(MANUAL), str(count)],
             cwd=REPO,
-            env={**os.environ, "MANUAL_STEPS_FILE": str(steps_file)},
+            env={
+                **os.environ,
+                "MANUAL_STEPS_FILE": str(steps_file),
+                "MANUAL_LOCAL_MODEL": str(BENCH_MODEL),
+            },
             stdout=out,
             stderr=subprocess.STDOUT,
             check=False,
@@ -303,6 +331,7 @@ def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
     overrides = {
         "hosts": stack_hosts(count),
         "serving": {"pipeline_parallel_size": count},
+        "model": {"local_dir": str(BENCH_MODEL)},
     }
     result: dict[str, Any] = {}
     # tests.e2e.lab_stack.lab_stack without its serving lock: the caller holds it already
@@ -558,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_lab:
         lab_up(max(*counts, MIN_LAB_HOSTS))
+    meta["model"] = str(ensure_bench_model())
     # Rounds outermost: after round 1 every host count has a figure, so a run cut short by
     # the deadline still fills the whole table; later rounds add to the medians. Hosts
     # beyond N stay idle while N hosts are measured.

@@ -11,7 +11,8 @@
 #                              else's container (then nothing is removed there)
 #
 # Run through tools/with-env (LAB_DIR, REPO_ROOT). Hosts, key and pinned host keys come from
-# $LAB_DIR/inventory.json. With MANUAL_STEPS_FILE set, one "step<TAB>host<TAB>seconds" line
+# $LAB_DIR/inventory.json; MANUAL_LOCAL_MODEL overrides the model directory to copy (bench/run
+# uses a 4-layer tiny model so that PP can reach 4). With MANUAL_STEPS_FILE set, one "step<TAB>host<TAB>seconds" line
 # per step is appended there (bench/run reads it). N = 1 is the manual's single-node form
 # (the API server in one container, no Ray), as the program does for one node.
 set -euo pipefail
@@ -41,7 +42,7 @@ N=$1
 # read once with the project's Python, printed as shell assignments.
 eval "$(
   "$PY" - "$LAB_DIR/inventory.json" "$STACK_FILE" "$REPO_ROOT" "$N" <<'EOF'
-import json, shlex, sys
+import json, os, shlex, sys
 from pathlib import Path
 import yaml
 
@@ -61,7 +62,9 @@ out = {
     # The running lab's files when its inventory names them, as the e2e/bench stacks use.
     "TARBALL": (inventory.get("engine_image") or {}).get("tarball")
     or str((root / image["tarball"]).resolve()),
-    "LOCAL_MODEL": inventory.get("model_dir") or str((root / model["local_dir"]).resolve()),
+    "LOCAL_MODEL": os.environ.get("MANUAL_LOCAL_MODEL")
+    or inventory.get("model_dir")
+    or str((root / model["local_dir"]).resolve()),
     "MODEL_PATH": model["path"],
     "SERVED_NAME": model.get("served_name", model["path"]),
     "TP": str(serving.get("tensor_parallel_size", 1)),
