@@ -165,7 +165,8 @@ def critical_path(steps: list[StepTiming], slack_s: float = 0.1) -> list[StepTim
     ended last, each time the step that ended latest before the current one started (within
     `slack_s`). An approximation from timing alone (the engine does not log dependencies),
     good enough to see which host's step held the rest up."""
-    custom = [s for s in steps if s.custom and s.duration_s > 0]
+    # Steps of a few ms (providers, checks that found nothing to do) hold nothing up.
+    custom = [s for s in steps if s.custom and s.duration_s >= 0.05]
     if not custom:
         return []
     chain = [max(custom, key=lambda s: s.end_s)]

@@ -546,6 +546,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--no-lab", action="store_true", help="do not run `lab up` (hosts exist)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite results.md from the results.json in --out (no runs)",
+    )
     return p.parse_args(argv)
 
 
@@ -559,6 +564,12 @@ def deadline_passed(deadline: str | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.render:
+        doc = json.loads((args.out / "results.json").read_text())
+        summary = summarize(doc["runs"], doc["meta"]["hosts"])
+        (args.out / "results.md").write_text(markdown(doc["meta"], doc["runs"], summary))
+        print((args.out / "results.md").read_text())
+        return 0
     counts = [int(x) for x in args.hosts.split(",")]
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     logdir = REPO / ".state" / "bench" / run_id
