@@ -52,6 +52,9 @@ class GpuHost(pulumi.ComponentResource):
     image_id: pulumi.Output[str]
     docker_provider: docker.Provider
     ssh: SshTarget
+    # Checked (and storage prepared): what the weights need. `ready` adds the image: what
+    # the serving containers need.
+    checked: list[pulumi.Resource]
     ready: list[pulumi.Resource]
 
     def __init__(
@@ -81,6 +84,7 @@ class GpuHost(pulumi.ComponentResource):
             step("docker-install", s.docker_install_local, on_host=False)
         preflight = step("preflight", s.preflight)
         self.facts = preflight.stdout.apply(_last_json_line)
+        self.checked = [preflight]
 
         if s.image_load_local:
             load: pulumi.Resource = step("image-load", s.image_load_local, on_host=False)
