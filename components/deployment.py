@@ -33,6 +33,7 @@ from components.shell import (
     preflight,
     rsync_argv,
     storage,
+    tarball_image_id,
     weights_delete,
     weights_download,
     weights_ensure_dir,
@@ -79,10 +80,6 @@ class Deployment:
     @property
     def head(self) -> HostDeployment:
         return self.hosts[0]
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{self.head.host.address}:{self.launch.port}/v1"
 
 
 def engine_launch(settings: Settings, plan: Plan) -> EngineLaunch:
@@ -237,8 +234,6 @@ def render_deployment(
     settings: Settings, plan: Plan, files: OperatorFiles, base_dir: Path
 ) -> Deployment:
     """Everything the components declare, for the first `plan.nodes` hosts."""
-    from components.shell import tarball_image_id
-
     serving_hosts = settings.hosts[: plan.nodes]
     multi = plan.nodes > 1
     image = settings.image

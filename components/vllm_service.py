@@ -33,7 +33,6 @@ class VllmService(pulumi.ComponentResource):
     """Outputs: `endpoint` (http://<host>:<port>/v1) once a chat completion has answered."""
 
     endpoint: pulumi.Output[str]
-    container_id: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: VllmServiceArgs, opts: pulumi.ResourceOptions | None = None
@@ -60,7 +59,6 @@ class VllmService(pulumi.ComponentResource):
                 depends_on=[*args.host.ready, *args.depends_on],
             ),
         )
-        self.container_id = container.id
         self.endpoint = gated_endpoint(
             f"{name}-ready",
             args.host,
