@@ -62,8 +62,15 @@ def render(host: str, step: str, body: str) -> str:
 
 
 def bash_array(name: str, values: Iterable[str | int]) -> str:
-    """``NAME=('a' 'b')`` with every element quoted."""
-    return f"{name}=(" + " ".join(q(v) for v in values) + ")"
+    """``NAME=('a' 'b')`` with every element shell-safe. A bare word with a comma is
+    quoted too: it is correct either way, but shellcheck (SC2054) reads it as a mistyped
+    element separator."""
+
+    def word(value: str | int) -> str:
+        quoted = q(value)
+        return f"'{quoted}'" if "," in quoted and not quoted.startswith("'") else quoted
+
+    return f"{name}=(" + " ".join(word(v) for v in values) + ")"
 
 
 def heredoc(text: str, tag: str = "VLLM_CLUSTER_EOF") -> tuple[str, str]:

@@ -43,6 +43,7 @@ from ._common import (
     render,
 )
 from .weights import (
+    SSH_CIPHERS,
     SshEndpoint,
     VerifyMode,
     _check_mode,
@@ -170,6 +171,7 @@ def fanout_pull(spec: FanoutSpec) -> str:
             f"KDIR={q(_key_dir(spec))}",
             f"SRC={q(f'{spec.source_user}@{remote_host}:{spec.path}/')}",
             f"SRC_PORT={int(port)}",
+            f"SSH_CIPHERS={q(SSH_CIPHERS)}",
             f"HOST_PATTERN={q(host_pattern)}",
             f"WPATH={q(spec.dest_path)}",
             f"MODE={q(spec.verify)}",
@@ -213,8 +215,8 @@ def fanout_driver(
     src_dest = f"{source.user}@{source.address}"
     tgt_dest = f"{target.user}@{target.address}"
     lines = [
-        f"SSH_SRC=({q(ssh)} {' '.join(q(o) for o in ssh_options(source))} {q(src_dest)})",
-        f"SSH_TGT=({q(ssh)} {' '.join(q(o) for o in ssh_options(target))} {q(tgt_dest)})",
+        bash_array("SSH_SRC", [ssh, *ssh_options(source), src_dest]),
+        bash_array("SSH_TGT", [ssh, *ssh_options(target), tgt_dest]),
         f"R_VERIFY_SRC={remote(verify_src)}",
         f"R_VERIFY_TGT={remote(verify_tgt)}",
         f"R_KEYGEN={remote(fanout_keygen(spec))}",

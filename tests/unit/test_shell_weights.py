@@ -17,7 +17,7 @@ from components.shell import (
     verify_dir,
     write_manifest,
 )
-from components.shell.weights import _rsync_e_word
+from components.shell.weights import SSH_CIPHERS, _rsync_e_word
 
 
 def make_model(root: Path) -> Path:
@@ -147,7 +147,7 @@ def test_rsync_argv_exact() -> None:
         "-e",
         "ssh -i '/home/op/.ssh/id ed' -o IdentitiesOnly=yes -p 22 -o BatchMode=yes"
         " -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/kh -o ConnectTimeout=10"
-        " -o ServerAliveInterval=30",
+        " -o ServerAliveInterval=30 -o Ciphers=" + SSH_CIPHERS,
         "./models/x/",
         "root@192.168.0.2:/data01/x/",
     ]

@@ -11,7 +11,7 @@ done
 mkdir -p -- "$WPATH"
 log "pulling $SRC -> $WPATH/"
 rsync -a --partial --info=progress2 --protect-args \
-  -e "ssh -i $KDIR/id_ed25519 -p $SRC_PORT -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$KDIR/known_hosts -o IdentitiesOnly=yes -o ConnectTimeout=10 -o ServerAliveInterval=30" \
+  -e "ssh -i $KDIR/id_ed25519 -p $SRC_PORT -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$KDIR/known_hosts -o IdentitiesOnly=yes -o ConnectTimeout=10 -o ServerAliveInterval=30 -o Ciphers=$SSH_CIPHERS" \
   "$SRC" "$WPATH/" >&2
 wtool verify "$WPATH" --mode "$MODE" --host "$HOST" --require-manifest
 log "ok"
