@@ -148,7 +148,7 @@ def ray_worker_script(node: NodeNetwork, layout: RayLayout) -> str:
         f'    echo "ray head {head}:{port} not reachable after {layout.join_timeout_s}s" >&2',
         "    exit 1",
         "  fi",
-        "  sleep 1",
+        "  sleep 0.5",
         "done",
         "exec " + shlex.join(ray_worker_argv(node, layout)),
     ]
@@ -186,7 +186,7 @@ while True:
                   ", ".join(f"{n}={ip}" for n, ip in expected.items()), gpus, gpus_needed),
               file=sys.stderr, flush=True)
         sys.exit(1)
-    time.sleep(2)
+    time.sleep(0.5)
 """
 
 
@@ -222,8 +222,13 @@ def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) 
     cluster (a recurring multi-node failure)."""
     lines = [
         "set -euo pipefail",
-        # A restarted container must not find a stale Ray session of its previous run.
-        "ray stop --force >/dev/null 2>&1 || true",
+        # A restarted container must not find a stale Ray session of its previous run. Only
+        # then: `ray stop` costs a Python start (~1 s of a loaded lab host) on every fresh
+        # head, and a fresh container has no session.
+        "if [ -e /tmp/ray/session_latest ]; then",
+        "  echo 'ray head: restarted; stopping the Ray session of the previous run'",
+        "  ray stop --force >/dev/null 2>&1 || true",
+        "fi",
         shlex.join(ray_head_start_argv(node, layout)),
         shlex.join(ray_wait_argv(layout, launch)),
         "exec " + shlex.join(vllm_server_argv(launch)),

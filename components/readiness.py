@@ -21,6 +21,8 @@ class ReadinessGate:
     timeout_s: int
     # Seconds between progress lines, so `pulumi up` shows what it is waiting for.
     progress_every_s: int = 15
+    # Seconds between probes: every probe a server is up but not yet seen adds to `up`.
+    poll_s: float = 0.5
 
 
 def readiness_script(gate: ReadinessGate) -> str:
@@ -61,9 +63,8 @@ fail() {{
 
 container_alive() {{
   local state restarts
-  state=$(docker inspect -f '{{{{.State.Status}}}}' "$container" 2>/dev/null) ||
-    fail "container $container does not exist"
-  restarts=$(docker inspect -f '{{{{.RestartCount}}}}' "$container")
+  read -r state restarts < <(docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}}' \
+    "$container" 2>/dev/null) || fail "container $container does not exist"
   if [ "$state" != running ] || [ "$restarts" -gt 0 ]; then
     fail "container $container is $state after $restarts restart(s): the engine exited"
   fi
@@ -81,7 +82,7 @@ wait_for() {{  # wait_for <what> <command...>: retry until the command succeeds
       echo "readiness: waiting for $what (${{elapsed}}s of ${{timeout}}s)" >&2
       last_note=$elapsed
     fi
-    sleep 2
+    sleep {gate.poll_s:g}
   done
   echo "readiness: $what ok after $((SECONDS - start))s" >&2
 }}

@@ -12,8 +12,10 @@ from components.readiness import ReadinessGate, readiness_script
 
 FAKE_DOCKER = """#!/bin/sh
 case "$*" in
-  *State.Status*) echo exited ;;
-  *RestartCount*) echo 0 ;;
+  *State.Status*RestartCount*)
+    state="${FAKE_STATE-exited 0}"
+    [ -n "$state" ] || { echo "Error: No such object: $4" >&2; exit 1; }
+    echo "$state" ;;
   logs*)
     echo 'INFO starting engine'
     echo 'ValueError: current platform cpu does not support ray.'
@@ -23,22 +25,40 @@ esac
 """
 
 
-def test_gate_fails_fast_and_quotes_the_root_cause(tmp_path: Path) -> None:
+def run_gate(tmp_path: Path, fake_state: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The gate against a fake docker; FAKE_STATE is what `docker inspect` prints ('' makes
+    it fail as for a missing container)."""
     (tmp_path / "docker").write_text(FAKE_DOCKER)
     (tmp_path / "docker").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    if fake_state is not None:
+        env["FAKE_STATE"] = fake_state
     # Port 9 (discard) on loopback: nothing listens, so /health never answers.
     script = readiness_script(ReadinessGate("vllm-ray-head", 9, "m", timeout_s=300))
-    proc = subprocess.run(
+    return subprocess.run(
         ["bash", "-c", script],
         input="sk-test\n",
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"},
+        env=env,
     )
+
+
+def test_gate_fails_fast_and_quotes_the_root_cause(tmp_path: Path) -> None:
+    proc = run_gate(tmp_path)
     assert proc.returncode == 1
     assert "container vllm-ray-head is exited" in proc.stderr
     first_errors = proc.stderr.split("first error lines")[1].split("last log lines")[0]
     assert "current platform cpu does not support ray" in first_errors
     assert "See root cause above" in proc.stderr
     assert "sk-test" not in proc.stdout + proc.stderr
+
+
+def test_gate_fails_on_a_restarted_or_missing_container(tmp_path: Path) -> None:
+    restarted = run_gate(tmp_path, "running 2")
+    assert restarted.returncode == 1
+    assert "container vllm-ray-head is running after 2 restart(s)" in restarted.stderr
+    missing = run_gate(tmp_path, "")
+    assert missing.returncode == 1
+    assert "container vllm-ray-head does not exist" in missing.stderr
