@@ -185,11 +185,12 @@ build_python() {
   if external="$(external_binary pulumi-language-python)" &&
     [[ -x "$(dirname "$external")/pulumi-language-python-exec" ]]; then
     say "python: using $external (installed outside .toolchain, with its executor)"
-    rm -f "$bin_dir"/pulumi-language-python{,-exec} "$bin_dir/pulumi-resource-pulumi-python"
-    return 0
+    rm -f "$bin_dir"/pulumi-language-python{,-exec}
+    install_dynamic_provider "$(dirname "$external")/pulumi-resource-pulumi-python"
+    return
   fi
   local key
-  key="$(stamp_key python "$PULUMI_VERSION" "$(cat "$src_dir/pulumi-language-python/main.go")")"
+  key="$(stamp_key python "$PULUMI_VERSION" "$(cat "$src_dir/pulumi-language-python/main.go" "$src_dir/dynamic_provider.py")" "$(declare -f install_dynamic_provider)")"
   if up_to_date python "$key" pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python; then
     say "python: pulumi-language-python up to date"
     return 0
@@ -208,8 +209,29 @@ require github.com/pulumi/pulumi/sdk/v3 $PULUMI_VERSION" || return 1
   local sdk
   sdk="$(cd "$dir" && "$GO" list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)"
   install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$bin_dir/pulumi-language-python-exec"
-  install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$bin_dir/pulumi-resource-pulumi-python"
+  install_dynamic_provider "$sdk/python/dist/pulumi-resource-pulumi-python" || return 1
   mark_built python "$key"
+}
+
+# The SDK's `pulumi-resource-pulumi-python` shim (it finds the project's virtualenv), made
+# to run tools/toolchain/dynamic_provider.py: the SDK's provider with more than 4 threads.
+install_dynamic_provider() { # sdk-shim
+  local shim="$1" entry="$TOOLCHAIN_DIR/lib/dynamic_provider.py" out="$bin_dir/pulumi-resource-pulumi-python"
+  local run_module='-u -m pulumi.dynamic $@'
+  if [[ ! -f "$shim" ]] || [[ "$(grep -cF -- "$run_module" "$shim")" -ne 2 ]]; then
+    say "python: $shim does not run '$run_module' twice as expected; cannot widen the dynamic provider"
+    return 1
+  fi
+  mkdir -p "$TOOLCHAIN_DIR/lib"
+  install -m 0644 "$src_dir/dynamic_provider.py" "$entry"
+  # Found next to the shim (not by absolute path), so the toolchain stays movable.
+  sed 's|-u -m pulumi\.dynamic \$@|-u "$(dirname "$0")/../lib/dynamic_provider.py" "$@"|' "$shim" >"$out.tmp"
+  if grep -qF -- "$run_module" "$out.tmp"; then
+    say "python: could not rewrite $shim"
+    return 1
+  fi
+  chmod 0755 "$out.tmp"
+  mv "$out.tmp" "$out"
 }
 
 # A resource plugin already installed in PULUMI_HOME at the exact version (e.g. by

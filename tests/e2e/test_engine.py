@@ -243,3 +243,24 @@ def test_failed_update_raises_with_pulumi_output(toolchain_env: dict[str, str]) 
         check=True,
     )
     assert stack.name not in listed.stdout
+
+
+def test_dynamic_provider_serves_more_than_four_calls_at_once(
+    toolchain_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The SDK's dynamic-provider host serves 4 calls at a time; the toolchain's
+    (tools/toolchain/dynamic_provider.py) serves more, so host steps of more than 4 hosts run
+    together instead of in batches of 4."""
+    count = 8
+    with temporary_stack(
+        PROGRAM,
+        prefix="engine-parallel",
+        config={"parts": "parallel", "parallel": str(count), "parallelDir": str(tmp_path)},
+        env=toolchain_env,
+    ) as stack:
+        stack.up()
+    spans = [tuple(map(float, f.read_text().split())) for f in tmp_path.iterdir()]
+    assert len(spans) == count
+    # Most creates running at one instant: with 4 threads it would be 4.
+    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most == count, f"at most {most} of {count} dynamic creates ran at once: {spans}"

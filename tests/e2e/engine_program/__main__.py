@@ -6,10 +6,15 @@ Parts (config ``engine-check:parts``):
   plain, ``--path`` and secret configuration, and outputs.
 - ``docker``: a ``pulumi_docker.RemoteImage`` of a locally imported image and a
   ``pulumi_docker.Container`` on this machine's Docker engine (``pulumi-resource-docker``).
+- ``parallel``: ``engine-check:parallel`` independent dynamic resources whose create sleeps
+  and records its start and end under ``engine-check:parallelDir``, so a test can count how
+  many the dynamic-provider host served at once.
 """
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -17,7 +22,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
 config = pulumi.Config()
 parts = {p.strip() for p in (config.get("parts") or "core").split(",") if p.strip()}
-unknown = parts - {"core", "docker"}
+unknown = parts - {"core", "docker", "parallel"}
 if unknown:
     raise ValueError(f"engine-check:parts has unknown part(s) {sorted(unknown)}")
 
@@ -72,3 +77,25 @@ if "docker" in parts:
     pulumi.export("containerId", container.id)
     pulumi.export("containerName", container.name)
     pulumi.export("imageId", image.image_id)
+
+
+class _NapProvider(ResourceProvider):
+    """Sleeps in create and writes `<start> <end>` (monotonic clock) to a file."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        start = time.monotonic()
+        time.sleep(float(props["seconds"]))
+        path = Path(str(props["dir"])) / str(props["label"])
+        path.write_text(f"{start} {time.monotonic()}\n")
+        return CreateResult(id_=str(props["label"]), outs=props)
+
+
+class Nap(Resource):
+    def __init__(self, name: str, directory: str, seconds: float) -> None:
+        props = {"label": name, "dir": directory, "seconds": seconds}
+        super().__init__(_NapProvider(), name, props)
+
+
+if "parallel" in parts:
+    for i in range(config.require_int("parallel")):
+        Nap(f"nap-{i}", config.require("parallelDir"), 3.0)
