@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import runpy
+import sys
 from concurrent import futures
 from typing import Any
 
@@ -31,5 +32,9 @@ class _WiderThreadPoolExecutor(_ThreadPoolExecutor):
 
 
 if __name__ == "__main__":
+    # As under `python -m pulumi.dynamic`: the working directory (the project), not this
+    # file's directory, leads sys.path, so provider classes pickled by reference
+    # (components.commands.ShellCommand's provider) import.
+    sys.path[0] = os.getcwd()
     futures.ThreadPoolExecutor = _WiderThreadPoolExecutor  # type: ignore[misc]
     runpy.run_module("pulumi.dynamic", run_name="__main__", alter_sys=True)

@@ -13,8 +13,6 @@ Parts (config ``engine-check:parts``):
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -79,23 +77,11 @@ if "docker" in parts:
     pulumi.export("imageId", image.image_id)
 
 
-class _NapProvider(ResourceProvider):
-    """Sleeps in create and writes `<start> <end>` (monotonic clock) to a file."""
-
-    def create(self, props: dict[str, Any]) -> CreateResult:
-        start = time.monotonic()
-        time.sleep(float(props["seconds"]))
-        path = Path(str(props["dir"])) / str(props["label"])
-        path.write_text(f"{start} {time.monotonic()}\n")
-        return CreateResult(id_=str(props["label"]), outs=props)
-
-
-class Nap(Resource):
-    def __init__(self, name: str, directory: str, seconds: float) -> None:
-        props = {"label": name, "dir": directory, "seconds": seconds}
-        super().__init__(_NapProvider(), name, props)
-
-
 if "parallel" in parts:
+    # Imported from a module, not defined here: dill pickles its provider by reference, as
+    # it does the program's components.commands providers, so the provider host must be
+    # able to import it from the project directory.
+    from nap import Nap
+
     for i in range(config.require_int("parallel")):
         Nap(f"nap-{i}", config.require("parallelDir"), 3.0)
