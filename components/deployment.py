@@ -185,7 +185,7 @@ def _weights_steps(
     m = settings.model
     verify = weights_verify(host.name, m.path, m.verify, require_manifest=m.source == "local")
     delete = None if m.keep_on_destroy else weights_delete(host.name, m.path)
-    if head is not None and m.distribute == "fanout":
+    if head is not None and m.distribution == "fanout":
         spec = FanoutSpec(
             source_host=head.host.name,
             target_host=host.name,

@@ -346,9 +346,25 @@ class ModelSettings(_Model):
         default=None, gt=0, description="checkpoint size in bytes for planning"
     )
     hub_endpoint: Annotated[str, AfterValidator(_url)] | None = None
-    distribute: Literal["fanout", "each"] = "fanout"
+    distribute: Literal["fanout", "each"] | None = Field(
+        default=None,
+        description="fanout: the head fetches, the other hosts copy from it over the LAN; "
+        "each: every host fetches for itself. Default: fanout for hub sources (one download), "
+        "each for source=local (the operator machine pushes to every host, as the manual does)",
+    )
     keep_on_destroy: bool = True
     verify: Literal["sizes", "sha256"] = "sizes"
+
+    @property
+    def distribution(self) -> Literal["fanout", "each"]:
+        """How the weights reach the hosts. From a hub, fan-out downloads once instead of once
+        per host. From the operator machine, pushing to each host moves the same bytes over
+        the operator's link as fan-out does over the head's, without fan-out's extra steps
+        (a temporary key and a verify of the head for every host: 7 SSH sessions instead of
+        4; measured 12-13 s per host against 4 s for the push to the head, on 4 lab hosts)."""
+        if self.distribute is not None:
+            return self.distribute
+        return "each" if self.source == "local" else "fanout"
 
     @property
     def served_model_name(self) -> str:

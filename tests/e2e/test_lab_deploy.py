@@ -25,11 +25,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
 MODEL_PATH = "/data/models/tiny-llama"
 HOSTS = ("1", "2")
+# Local weights default to a push from the operator to every host; this stack takes the
+# fan-out path (head first, then lab-2 copies from it) so it is exercised end to end.
+FANOUT = {"model": {"distribute": "fanout"}}
 
 
 @pytest.fixture(scope="module")
 def deployed(lab: Any) -> Iterator[tuple[PulumiStack, dict[str, Any]]]:
-    with lab_stack("e2e-ray") as stack:
+    with lab_stack("e2e-ray", FANOUT) as stack:
         started = time.monotonic()
         stack.up()
         print(f"\nfull up (2 hosts, TP2 x PP2): {time.monotonic() - started:.1f} s")
@@ -56,6 +59,10 @@ def test_up_serves_across_both_hosts_with_key_and_401_without(
 def test_weights_identical_at_the_same_path_on_every_host(
     deployed: tuple[PulumiStack, dict[str, Any]], lab: Any
 ) -> None:
+    stack, _ = deployed
+    # lab-2's copy is the fan-out step (from lab-1), not a push from this machine.
+    fetch = next(r for r in stack.resources() if r["urn"].endswith("::weights-lab-2-fetch"))
+    assert "copying the weights from" in fetch["inputs"]["create"]
     local = Path(lab["model_dir"])
     for path in sorted(local.iterdir()):
         want = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -108,7 +115,7 @@ def test_max_model_len_change_replaces_only_serving(
     stack, _ = deployed
     config_file = REPO / f"Pulumi.{stack.name}.yaml"
     original = config_file.read_text()
-    doc = lab_config({"serving": {"max_model_len": 1024}})
+    doc = lab_config({**FANOUT, "serving": {"max_model_len": 1024}})
     config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
         result = stack.run("preview", "--json")

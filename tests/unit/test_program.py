@@ -115,9 +115,10 @@ def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
     # The image is streamed only when the host lacks this exact ID.
     load = mocks.named("n2-image-load").inputs["create"]
     assert IMAGE_ID in load and "docker load" in load
-    # Head weights come from the operator machine; n2 fans out from n1.
-    assert "rsync" in mocks.named("weights-n1-fetch").inputs["create"]
-    assert "fanout" in mocks.named("weights-n2-fetch").inputs["create"]
+    # Local weights: the operator machine pushes them to every host (distribute: each).
+    for name in ("n1", "n2"):
+        fetch = mocks.named(f"weights-{name}-fetch").inputs["create"]
+        assert "rsync" in fetch and "fanout" not in fetch
     # Preflight checks what the config expects of each host.
     preflight = mocks.named("n1-preflight").inputs["create"]
     assert "NVIDIA H20" in preflight and "eth0" in preflight and "10.9.0.1" in preflight
@@ -181,3 +182,30 @@ def test_secret_ssh_key_is_written_private_and_never_exported(project: Path) -> 
     assert os.stat(key_file).st_mode & 0o077 == 0
     provider = mocks.named("n1-docker")
     assert str(key_file) in provider.inputs["sshOpts"]
+
+
+HUB_MODEL = {"source": "huggingface", "id": "org/tiny", "local_dir": None}
+
+
+@pytest.mark.parametrize(
+    ("model", "n2_fans_out"),
+    [
+        ({"distribute": "fanout"}, True),
+        ({"distribute": "each"}, False),
+        (HUB_MODEL, True),
+        ({**HUB_MODEL, "distribute": "each"}, False),
+    ],
+)
+def test_weights_distribution(project: Path, model: dict[str, Any], n2_fans_out: bool) -> None:
+    """From a hub the head downloads once and n2 copies from it; fanout/each when asked."""
+    config = write_project(project, hosts=2)
+    config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    config["model"].update(model)
+    if config["model"].get("local_dir") is None:
+        config["model"].pop("local_dir")
+        config["model"]["config_file"] = "model/config.json"
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    n1 = mocks.named("weights-n1-fetch").inputs
+    n2 = mocks.named("weights-n2-fetch").inputs["create"]
+    assert "fanout" not in str(n1.get("create"))
+    assert ("fanout" in n2) is n2_fans_out
