@@ -186,8 +186,9 @@ build_python() {
     [[ -x "$(dirname "$external")/pulumi-language-python-exec" ]]; then
     say "python: using $external (installed outside .toolchain, with its executor)"
     rm -f "$bin_dir"/pulumi-language-python{,-exec}
-    install_dynamic_provider "$(dirname "$external")/pulumi-resource-pulumi-python"
-    return
+    install_dynamic_provider "$(dirname "$external")/pulumi-resource-pulumi-python" ||
+      say "python: keeping that installation's dynamic provider (4 calls at a time)"
+    return 0
   fi
   local key
   key="$(stamp_key python "$PULUMI_VERSION" "$(cat "$src_dir/pulumi-language-python/main.go" "$src_dir/dynamic_provider.py")" "$(declare -f install_dynamic_provider)")"
