@@ -35,6 +35,8 @@ from pydantic import (
     ValidationError,
 )
 
+from components.shell.storage import FORBIDDEN_MOUNT_POINTS
+
 NAMESPACE = "vllm-cluster"
 CONFIG_KEYS = ("hosts", "ssh", "model", "image", "serving", "docker")
 SECRET_KEYS = ("apiKey", "sshPrivateKey", "hubToken")
@@ -67,26 +69,6 @@ _OWNED_ENV = {
     "RAY_NODE_IP_ADDRESS": "hosts[].address",
 }
 _SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE_?KEY", re.IGNORECASE)
-# Mount points that would shadow the operating system.
-_SYSTEM_DIRS = {
-    "/",
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/lib",
-    "/lib64",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
-    "/sys",
-    "/tmp",
-    "/usr",
-    "/var",
-    "/var/lib",
-    "/var/lib/docker",
-}
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,7 +144,7 @@ def _abs_path(v: str) -> str:
 
 def _mount_point(v: str) -> str:
     v = _abs_path(v)
-    if v in _SYSTEM_DIRS:
+    if v in FORBIDDEN_MOUNT_POINTS:
         raise ValueError(f"{v} is a system directory; mount the data disk elsewhere (e.g. /data01)")
     return v
 

@@ -35,29 +35,32 @@ from ._common import check_abs_path, fragment, q, render
 FS_LABEL = "vllm-data"
 """Filesystem label and GPT partition name that mark a disk as prepared by us."""
 
-# Mount points that would hide or shadow the operating system.
-_FORBIDDEN_MOUNT_POINTS = {
-    "/",
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
-    "/home",
-    "/lib",
-    "/lib64",
-    "/opt",
-    "/proc",
-    "/root",
-    "/run",
-    "/sbin",
-    "/srv",
-    "/sys",
-    "/tmp",
-    "/usr",
-    "/var",
-    "/var/lib",
-    "/var/lib/docker",
-}
+# Mount points that would hide or shadow the operating system (the settings check uses this
+# set too, so a bad mount_point is reported with its config key before anything renders).
+FORBIDDEN_MOUNT_POINTS = frozenset(
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/srv",
+        "/sys",
+        "/tmp",
+        "/usr",
+        "/var",
+        "/var/lib",
+        "/var/lib/docker",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def storage(spec: StorageSpec) -> str:
     if not device.startswith("/dev/"):
         raise ValueError(f"storage.device must be under /dev: {spec.device!r}")
     mount_point = check_abs_path(spec.mount_point, "storage.mount_point")
-    if mount_point in _FORBIDDEN_MOUNT_POINTS:
+    if mount_point in FORBIDDEN_MOUNT_POINTS:
         raise ValueError(f"storage.mount_point would shadow a system directory: {mount_point}")
     fstab = check_abs_path(spec.fstab_path, "fstab_path", min_components=1)
     if not spec.mount_options or any(c.isspace() for c in spec.mount_options):

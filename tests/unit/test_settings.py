@@ -239,6 +239,14 @@ BAD: list[tuple[str, Mutator, dict[str, bool] | None, str, str]] = [
         "system directory",
     ),
     (
+        # Refused by the storage renderer too: one set serves both checks.
+        "mount on /home",
+        _set("hosts.0.storage.mount_point", "/home"),
+        None,
+        "hosts[0].storage.mount_point",
+        "system directory",
+    ),
+    (
         "device path",
         _set("hosts.0.storage.device", "nvme1n1"),
         None,
