@@ -37,13 +37,8 @@ die() {
   exit 1
 }
 
-host_python() {
-  if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then
-    echo "$REPO_ROOT/.venv/bin/python"
-  else
-    command -v python3
-  fi
-}
+# shellcheck source=tools/host-python.sh
+source "$REPO_ROOT/tools/host-python.sh"
 PY="$(host_python)"
 # shellcheck source=lab/lib/image-build.sh
 source "$here/../lib/image-build.sh"

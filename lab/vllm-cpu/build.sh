@@ -36,7 +36,7 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-PY="$(vc_host_python)"
+PY="$(host_python)"
 # shellcheck source=lab/lib/image-build.sh
 source "$here/../lib/image-build.sh"
 

