@@ -96,7 +96,6 @@ def declare(dep: Deployment, settings: Settings) -> None:
             "serving",
             VllmServiceArgs(
                 host=hosts[dep.head.host.name],
-                address=dep.head.host.address,
                 node=dep.head.node,
                 launch=dep.launch,
                 api_key=api_key,

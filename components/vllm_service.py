@@ -18,7 +18,7 @@ SERVER_CONTAINER = "vllm-server"
 @dataclass(frozen=True)
 class VllmServiceArgs:
     host: GpuHost
-    address: str
+    # Its address is the endpoint's host.
     node: NodeNetwork
     launch: EngineLaunch
     api_key: pulumi.Input[str]
@@ -62,7 +62,7 @@ class VllmService(pulumi.ComponentResource):
         self.endpoint = gated_endpoint(
             f"{name}-ready",
             args.host,
-            args.address,
+            args.node.address,
             SERVER_CONTAINER,
             args.launch,
             args.ready_timeout_s,

@@ -65,7 +65,6 @@ def test_single_node_service_container_and_gate(mocks: RecordingMocks) -> Any:
         "svc",
         VllmServiceArgs(
             host=h,
-            address="10.0.0.1",
             node=NodeNetwork("10.0.0.1", "eth0"),
             launch=launch(2, 1),
             api_key=pulumi.Output.secret("sk-test"),
