@@ -467,7 +467,7 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
         return "n/a (not measured)" if ok is None else ("met" if ok else "MISSED")
 
     per = summary["per_hosts"]
-    cores = int(summary.get("cores") or os.cpu_count() or 1)
+    cores = int(summary["cores"])
     lines = []
     for n, limit in RATIO_MAX.items():
         row = per.get(str(n), {})
