@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import json
 import os
 import subprocess
 import time
@@ -20,12 +21,14 @@ from typing import Any
 import requests
 import yaml
 
-from tests.e2e.pulumi_cli import PulumiStack, temporary_stack
+from tests.e2e.pulumi_cli import PulumiStack, find_binary, pulumi_env, temporary_stack
 from tests.lab.labutil import LAB_DIR, read_inventory
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "vllm-cluster"
 LAB_BUSY_WAIT_S = float(os.environ.get("LAB_BUSY_WAIT_S", "1800"))
+# `make demo`'s stack (tools/demo.sh): it stays deployed, serving on lab hosts 1..2.
+DEMO_STACK = "lab"
 
 
 def inventory_paths() -> dict[str, dict[str, str]]:
@@ -92,9 +95,34 @@ def lab_serving_lock(wait_s: float = LAB_BUSY_WAIT_S) -> Iterator[None]:
                     raise TimeoutError(msg) from None
                 time.sleep(5)
         try:
+            release_demo_stack()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def release_demo_stack() -> None:
+    """Destroy `make demo`'s deployment when one is up. It serves on the lab without the
+    lock (it is meant to stay up), under the container names every lab stack uses, so a
+    test, the real-engine run or the benchmark would collide with it. Only its resources go:
+    its config and history stay, weights are kept, and `make demo` brings it back."""
+    env = pulumi_env()
+    pulumi = find_binary("pulumi", env)
+    if pulumi is None:
+        return  # no CLI, no demo deployment (the callers report the missing CLI)
+    listed = subprocess.run(
+        [str(pulumi), "stack", "ls", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    demo = [s for s in json.loads(listed.stdout or "[]") if s.get("name") == DEMO_STACK]
+    if not demo or not demo[0].get("resourceCount"):
+        return
+    print(f"\nlab: destroying the `{DEMO_STACK}` stack of `make demo` to serve on the lab")
+    PulumiStack(REPO, DEMO_STACK, env=env, pulumi=pulumi).destroy()
 
 
 @contextmanager
