@@ -118,6 +118,17 @@ def node_environment(
     return env
 
 
+def _ray_node_flags(node: NodeNetwork, layout: RayLayout) -> list[str]:
+    """What every node, head or worker, tells `ray start` about itself."""
+    return [
+        f"--node-ip-address={node.address}",
+        # Explicit, so the cluster's GPU total is what the plan expects (and so simulated
+        # GPUs in the lab are advertised the same way real ones are).
+        f"--num-gpus={layout.gpus_per_node}",
+        "--disable-usage-stats",
+    ]
+
+
 def ray_worker_argv(node: NodeNetwork, layout: RayLayout) -> list[str]:
     """A worker joins the head and stays in the foreground (the container's main process)."""
     return [
@@ -125,11 +136,7 @@ def ray_worker_argv(node: NodeNetwork, layout: RayLayout) -> list[str]:
         "start",
         "--block",
         f"--address={layout.head_address}:{layout.ray_port}",
-        f"--node-ip-address={node.address}",
-        # Explicit, so the cluster's GPU total is what the plan expects (and so simulated
-        # GPUs in the lab are advertised the same way real ones are).
-        f"--num-gpus={layout.gpus_per_node}",
-        "--disable-usage-stats",
+        *_ray_node_flags(node, layout),
     ]
 
 
@@ -196,9 +203,7 @@ def ray_head_start_argv(node: NodeNetwork, layout: RayLayout) -> list[str]:
         "start",
         "--head",
         f"--port={layout.ray_port}",
-        f"--node-ip-address={node.address}",
-        f"--num-gpus={layout.gpus_per_node}",
-        "--disable-usage-stats",
+        *_ray_node_flags(node, layout),
     ]
 
 
