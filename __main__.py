@@ -13,6 +13,7 @@ from pathlib import Path
 import pulumi
 from pulumi.runtime.config import get_config
 
+from components.containers import deployment_owner
 from components.deployment import Deployment, render_deployment
 from components.gpu_host import GpuHost, GpuHostArgs
 from components.model_weights import ModelWeights, WeightsTarget
@@ -178,7 +179,7 @@ def main() -> None:
         )
     except HostKeysNotPinned as exc:
         raise pulumi.RunError(str(exc)) from None
-    dep = render_deployment(settings, plan, files, PROJECT_DIR)
+    dep = render_deployment(settings, plan, files, PROJECT_DIR, deployment_owner())
     declare(dep, settings)
 
 

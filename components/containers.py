@@ -12,6 +12,14 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
+from components.shell import OWNER_LABEL
+
+
+def deployment_owner() -> str:
+    """``<project>/<stack>`` of the running program: the OWNER_LABEL value of its containers,
+    which preflight compares on every host before anything is changed there."""
+    return f"{pulumi.get_project()}/{pulumi.get_stack()}"
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -41,7 +49,9 @@ def engine_container(
         envs.append(pulumi.Output.secret(pulumi.Output.concat("VLLM_API_KEY=", api_key)))
     labels = [
         docker.ContainerLabelArgs(label=k, value=v)
-        for k, v in sorted({"managed-by": "vllm-cluster", **spec.labels}.items())
+        for k, v in sorted(
+            {"managed-by": "vllm-cluster", OWNER_LABEL: deployment_owner(), **spec.labels}.items()
+        )
     ]
     return docker.Container(
         resource_name,

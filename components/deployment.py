@@ -231,9 +231,10 @@ def _weights_steps(
 
 
 def render_deployment(
-    settings: Settings, plan: Plan, files: OperatorFiles, base_dir: Path
+    settings: Settings, plan: Plan, files: OperatorFiles, base_dir: Path, owner: str
 ) -> Deployment:
-    """Everything the components declare, for the first `plan.nodes` hosts."""
+    """Everything the components declare, for the first `plan.nodes` hosts. `owner` is the
+    deployment's ``<project>/<stack>``, the label its serving containers carry."""
     serving_hosts = settings.hosts[: plan.nodes]
     multi = plan.nodes > 1
     image = settings.image
@@ -260,6 +261,7 @@ def render_deployment(
             min_shm_bytes=MIN_HOST_SHM_BYTES if s.ipc_host else 0,
             ports=ports,
             own_containers=OWN_CONTAINERS,
+            owner=owner,
             docker_optional=settings.docker.install,
             required_commands=("python3",),
             extra_facts={"role": "head" if is_head else "worker"},

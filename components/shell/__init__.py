@@ -28,7 +28,7 @@ from .image import (
     tarball_image_id,
     tarball_repo_tags,
 )
-from .preflight import GpuExpectation, PreflightSpec, preflight
+from .preflight import OWNER_LABEL, GpuExpectation, PreflightSpec, preflight
 from .storage import FS_LABEL, StorageSpec, storage, storage_delete
 from .weights import (
     DOWNLOAD_MARKER,
@@ -51,6 +51,7 @@ __all__ = [
     "DOWNLOAD_MARKER",
     "FS_LABEL",
     "MANIFEST",
+    "OWNER_LABEL",
     "DockerSpec",
     "DownloadSpec",
     "FanoutSpec",

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from ._common import bash_array, check_abs_path, fragment, q, render
 
 GIB = 1024**3
+#: Docker label naming the deployment ("<project>/<stack>") that made a serving container.
+OWNER_LABEL = "vllm-cluster.stack"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,11 @@ class PreflightSpec:
     ports: tuple[int, ...] = ()
     """Ports that must be free: serving port, and the Ray port on the head."""
     own_containers: tuple[str, ...] = ()
-    """Container names allowed to hold those ports (our own, on a re-run)."""
+    """The serving containers' names. One that exists must be this deployment's own (its
+    OWNER_LABEL is ``owner``): it may hold the ports on a re-run. Another stack's, or one
+    made by hand, is a problem: it takes the name, and its engine the GPUs."""
+    owner: str = ""
+    """``<project>/<stack>`` of this deployment; required with own_containers."""
     docker_optional: bool = False
     """True when the docker step will install Docker: a missing Docker is a warning."""
     required_commands: tuple[str, ...] = ()
@@ -102,6 +108,8 @@ def preflight(spec: PreflightSpec) -> str:
     for port in spec.ports:
         if not 0 < port < 65536:
             raise ValueError(f"port out of range: {port}")
+    if spec.own_containers and not spec.owner:
+        raise ValueError("own_containers needs owner (<project>/<stack>)")
     mount_point = (
         check_abs_path(spec.storage_mount_point, "storage.mount_point")
         if spec.storage_mount_point
@@ -132,6 +140,8 @@ def preflight(spec: PreflightSpec) -> str:
         f"TOL_PCT={q(f'{spec.memory_tolerance * 100:g}')}",
         bash_array("PORTS", spec.ports),
         bash_array("OWN_CONTAINERS", spec.own_containers),
+        f"OWNER={q(spec.owner)}",
+        f"OWNER_LABEL={q(OWNER_LABEL)}",
         bash_array("REQUIRED", spec.required_commands),
         bash_array("REQUIRED_HINT", hints),
         bash_array("EXTRA_KEYS", list(spec.extra_facts)),

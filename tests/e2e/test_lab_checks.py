@@ -86,3 +86,31 @@ def test_preflight_refuses_too_little_disk(lab: Any, tiny_disk: str) -> None:
     model = {"path": f"{tiny_disk}/tiny-llama"}
     out = failing_up("e2e-disk", {"model": model})
     assert "preflight lab-1:" in out and "disk" in out.lower()
+
+
+def test_preflight_refuses_a_container_of_another_stack(lab: Any) -> None:
+    """A serving container under our name that another stack made (here: planted, created
+    and never started) stops `pulumi up` at preflight, naming that stack and both fixes,
+    instead of docker's bare name conflict half-way through the deployment; it is left
+    alone."""
+    with lab_stack("e2e-owner", SINGLE_NODE, hosts=1) as stack:
+        host_exec("1", "sh", "-c", "tar cf - -T /dev/null | docker import - e2e-empty:1")
+        host_exec(
+            "1", "docker", "create", "--name", "vllm-server",
+            "--label", "managed-by=vllm-cluster",
+            "--label", "vllm-cluster.stack=vllm-cluster/elsewhere",
+            "e2e-empty:1", "/none",
+        )  # fmt: skip
+        try:
+            with pytest.raises(PulumiCommandError) as info:
+                stack.up()
+            out = info.value.result.output
+            assert (
+                "preflight lab-1: container vllm-server (created) belongs to stack "
+                f"vllm-cluster/elsewhere, not to vllm-cluster/{stack.name}" in out
+            ), out
+            assert "pulumi destroy --stack elsewhere" in out and "docker rm -f vllm-server" in out
+            assert "image-load" not in {r["urn"].split("::")[-1] for r in stack.resources()}
+            assert containers_on("1") == ["vllm-server"]
+        finally:
+            host_exec("1", "docker", "rm", "-f", "vllm-server", check=False)

@@ -4,6 +4,7 @@ nvidia-container-runtime-hook the lab uses) on PATH; the real docker, ip, ss, df
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -82,6 +83,7 @@ def spec(tmp_path: Path, **kw: Any) -> PreflightSpec:
         "needed_bytes": 1024**3,
         "ports": (free_port(),),
         "own_containers": ("vllm-cluster-test-not-running",),
+        "owner": "vllm-cluster/test",
         "min_shm_bytes": 1024**2,
         "required_commands": ("python3",),
         "extra_facts": {"role": "head"},
@@ -191,3 +193,74 @@ def test_existing_weights_reduce_the_need(gpu_bin: Path, tmp_path: Path) -> None
     facts = json.loads(proc.stdout)
     assert facts["weights_existing_bytes"] >= 1024 * 1024
     assert facts["disk_path"] == str(model)
+
+
+EMPTY_IMAGE = "vllm-cluster-test-empty:1"
+
+
+@pytest.fixture
+def named_containers(gpu_bin: Path) -> Iterator[dict[str, str]]:
+    """Created (never started) containers under four names, one per ownership case; the
+    image is an empty filesystem imported here (no registry is reachable)."""
+    subprocess.run(
+        ["docker", "import", "-", EMPTY_IMAGE],
+        input=subprocess.run(["tar", "cf", "-", "-T", "/dev/null"], capture_output=True).stdout,
+        capture_output=True,
+        check=True,
+    )
+    tag = secrets.token_hex(4)
+    names = {case: f"pftest-{tag}-{case}" for case in ("ours", "legacy", "other", "hand")}
+    labels = {
+        "ours": ["managed-by=vllm-cluster", "vllm-cluster.stack=vllm-cluster/test"],
+        "legacy": ["managed-by=vllm-cluster"],
+        "other": ["managed-by=vllm-cluster", "vllm-cluster.stack=vllm-cluster/prod"],
+        "hand": [],
+    }
+    try:
+        for case, name in names.items():
+            flags = [arg for label in labels[case] for arg in ("--label", label)]
+            subprocess.run(
+                ["docker", "create", "--name", name, *flags, EMPTY_IMAGE, "/none"],
+                capture_output=True,
+                check=True,
+            )
+        yield names
+    finally:
+        subprocess.run(["docker", "rm", "-f", *names.values()], capture_output=True)
+
+
+def test_containers_under_our_names_must_be_this_stacks(
+    gpu_bin: Path, tmp_path: Path, named_containers: dict[str, str]
+) -> None:
+    own = tuple(named_containers.values())
+    proc = run_script(preflight(spec(tmp_path, own_containers=own)), path_prefix=gpu_bin)
+    assert proc.returncode == 1
+    problems = [ln for ln in proc.stderr.splitlines() if ln.startswith("preflight lab-1: ")]
+    other, hand = named_containers["other"], named_containers["hand"]
+    assert problems == [
+        f"preflight lab-1: container {other} (created) belongs to stack vllm-cluster/prod, "
+        "not to vllm-cluster/test. Fix: destroy that stack first (pulumi destroy --stack prod "
+        f"in its project), or remove the container: docker rm -f {other}",
+        f"preflight lab-1: container {hand} (created) exists and was not made by vllm-cluster. "
+        f"Fix: remove or rename it (docker rm -f {hand}): this deployment needs the name, "
+        "and an engine of its own would share the GPUs",
+    ], proc.stderr
+    assert f"container {named_containers['ours']}: ours (created)" in proc.stderr
+    assert f"container {named_containers['legacy']}: ours-unlabelled (created)" in proc.stderr
+    # Read-only: every container is still there.
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True
+    ).stdout.split()
+    assert set(own) <= set(listed)
+
+
+def test_this_stacks_containers_pass_and_are_reported(
+    gpu_bin: Path, tmp_path: Path, named_containers: dict[str, str]
+) -> None:
+    own = (named_containers["ours"], named_containers["legacy"], "pftest-absent")
+    proc = run_script(preflight(spec(tmp_path, own_containers=own)), path_prefix=gpu_bin)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["containers"] == {
+        named_containers["ours"]: "ours",
+        named_containers["legacy"]: "ours-unlabelled",
+    }

@@ -122,6 +122,11 @@ def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
     # Preflight checks what the config expects of each host.
     preflight = mocks.named("n1-preflight").inputs["create"]
     assert "NVIDIA H20" in preflight and "eth0" in preflight and "10.9.0.1" in preflight
+    # Containers carry the stack as their owner; preflight refuses another owner's.
+    assert "OWNER=vllm-cluster/t" in preflight
+    for container in (head, worker):
+        labels = {lbl["label"]: lbl["value"] for lbl in container.inputs["labels"]}
+        assert labels["vllm-cluster.stack"] == "vllm-cluster/t"
     # Every SSH client pins the host keys from ssh.known_hosts_file.
     target = mocks.named("n1-preflight").inputs["target"]
     assert "StrictHostKeyChecking=yes" in target

@@ -136,6 +136,7 @@ def _all_scripts() -> dict[str, str]:
                 gpus=shell.GpuExpectation(8, "H20", 96),
                 ports=(8000, 6379),
                 own_containers=("a",),
+                owner="p/s",
                 required_commands=("python3",),
             )
         ),

@@ -144,7 +144,7 @@ def engine_argvs(stack_file: Path, tmp: Path) -> list[tuple[str, list[str]]]:
         known_hosts_file=str(tmp / "known_hosts"),
         host_keys={h.name: HOST_KEY for h in settings.hosts},
     )
-    dep = render_deployment(settings, plan, files, tmp)
+    dep = render_deployment(settings, plan, files, tmp, "vllm-cluster/parser-test")
     if dep.image_id is not None:
         assert dep.image_id == tarball_image_id(str(tmp / "image.tar"), settings.image.name)
     argv = vllm_server_argv(dep.launch)

@@ -224,6 +224,37 @@ fact nic "$(jstr "$NIC")"
 fact nic_ips "$(join_json "${NIC_IPS[@]}")"
 fact address_ips "$(join_json "${ADDR_IPS[@]}")"
 
+# --- containers under our names ---------------------------------------------------------
+# A container under one of our names that another stack (or a person) made would make
+# docker's create fail with a bare name conflict, or hold this host's GPUs and ports. Ours
+# carry OWNER_LABEL; an unlabelled one made by this tool predates that label and is taken as
+# ours, as before (a stack upgraded in place re-runs preflight beside its own containers).
+CONTAINERS_JSON=""
+if [ -n "$DOCKER_VERSION" ]; then
+  for c in "${OWN_CONTAINERS[@]}"; do
+    info=$(docker container inspect -f \
+      "{{with .Config.Labels}}{{index . \"managed-by\"}}|{{index . \"$OWNER_LABEL\"}}{{else}}|{{end}}|{{.State.Status}}" \
+      "$c" 2>/dev/null) || continue
+    IFS='|' read -r managed owner status <<<"$info"
+    if [ -n "$owner" ] && [ "$owner" = "$OWNER" ]; then
+      state=ours
+    elif [ -z "$owner" ] && [ "$managed" = vllm-cluster ]; then
+      state=ours-unlabelled
+    elif [ -n "$owner" ]; then
+      state="stack:$owner"
+      problem "container $c ($status) belongs to stack $owner, not to $OWNER" \
+        "destroy that stack first (pulumi destroy --stack ${owner#*/} in its project), or remove the container: docker rm -f $c"
+    else
+      state=foreign
+      problem "container $c ($status) exists and was not made by vllm-cluster" \
+        "remove or rename it (docker rm -f $c): this deployment needs the name, and an engine of its own would share the GPUs"
+    fi
+    log "container $c: $state ($status)"
+    CONTAINERS_JSON+="${CONTAINERS_JSON:+,}$(jstr "$c"):$(jstr "$state")"
+  done
+fi
+fact containers "{$CONTAINERS_JSON}"
+
 # --- ports ------------------------------------------------------------------------------
 PORTS_JSON=""
 LISTEN=$(ss -ltn 2>/dev/null | awk 'NR > 1 { print $4 }' || true)
