@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +97,7 @@ def lab_serving_lock(wait_s: float = LAB_BUSY_WAIT_S) -> Iterator[None]:
                 time.sleep(5)
         try:
             release_demo_stack()
+            remove_leftover_serving()
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
@@ -123,6 +125,32 @@ def release_demo_stack() -> None:
         return
     print(f"\nlab: destroying the `{DEMO_STACK}` stack of `make demo` to serve on the lab")
     PulumiStack(REPO, DEMO_STACK, env=env, pulumi=pulumi).destroy()
+
+
+def remove_leftover_serving() -> None:
+    """Remove serving containers that no stack owns any more from the lab hosts, with a
+    warning naming the stack that left them. Under the lock no stack serves, and the demo's
+    was just destroyed: anything left is a leak (a stack whose destroy failed, or a run that
+    was killed). Left in place it would hold the ports, and every later stack's preflight
+    would refuse the host, failing tests that have nothing to do with the leak."""
+    inventory = read_inventory()
+    for host in (inventory or {}).get("hosts", []):
+        listed = subprocess.run(
+            ["docker", "exec", host["container"], "docker", "ps", "-a",
+             "--filter", "label=managed-by=vllm-cluster",
+             "--format", '{{.Names}}\t{{.Label "vllm-cluster.stack"}}'],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        for line in listed.stdout.splitlines():
+            name, _, owner = line.partition("\t")
+            warnings.warn(
+                f"lab: removing {name} left on {host['name']} by stack {owner or '(unknown)'}",
+                stacklevel=2,
+            )
+            subprocess.run(
+                ["docker", "exec", host["container"], "docker", "rm", "-f", name],
+                capture_output=True, check=True,
+            )  # fmt: skip
 
 
 @contextmanager

@@ -35,9 +35,13 @@ def test_serving_lock_releases_the_demo_stack(lab: Any) -> None:
     with lab_serving_lock():
         # Under the lock so no test stack is serving meanwhile; the demo itself takes none.
         demo = subprocess.run(
-            ["tools/demo.sh"], cwd=REPO, env=pulumi_env(), capture_output=True, text=True
+            ["tools/demo.sh"],
+            cwd=REPO,
+            env=pulumi_env({"STACK": DEMO_STACK}),
+            capture_output=True,
+            text=True,
         )
-        assert demo.returncode == 0, demo.stderr[-3000:]
+        assert demo.returncode == 0, f"{demo.stdout[-4000:]}\n{demo.stderr[-4000:]}"
     assert demo_resource_count() > 0
     assert containers_on("1") == ["vllm-ray-head"]
     with lab_serving_lock():
