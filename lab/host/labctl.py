@@ -56,6 +56,8 @@ NETWORK = "vllm-lab"
 SUBNET = "172.31.250.0/24"
 GATEWAY = "172.31.250.1"
 LABEL = "vllm-lab.managed"
+# What the program's serving containers carry (components/containers.py).
+SERVING_LABEL = "managed-by=vllm-cluster"
 HOST_IMAGE_REPO = "vllm-lab-host"
 PROBE_IMAGE_REPO = "vllm-lab-probe"
 MAX_HOSTS = 200  # addresses .11 ... .210
@@ -613,6 +615,35 @@ def ensure_host(host: Host, image: str, settings: Settings, pubkey: str) -> Host
     return ready
 
 
+def known_host_names() -> set[str]:
+    """Hosts this checkout's inventory lists: the only ones its stacks can have served on."""
+    try:
+        inventory = json.loads(INVENTORY.read_text())
+    except (OSError, ValueError):
+        return set()
+    return {h["name"] for h in inventory.get("hosts", [])}
+
+
+def clear_stale_serving(host: Host) -> None:
+    """Remove the program's serving containers (label managed-by=vllm-cluster) from a host this
+    checkout's inventory did not list. A host's Docker volume outlives the host container, and
+    host names are the same for every checkout on the machine: a lab made by another checkout
+    (its `make demo`, say) leaves engines that restart with the host's dockerd, hold the ports
+    and GPUs, and belong to a Pulumi state this checkout cannot see, so none of its stacks
+    could ever destroy them."""
+    out = docker(
+        "exec", host.container, "docker", "ps", "-a",
+        "--filter", f"label={SERVING_LABEL}",
+        "--format", '{{.Names}} ({{.Label "vllm-cluster.stack"}})',
+    )  # fmt: skip
+    found = out.splitlines()
+    if not found:
+        return
+    names = [line.split(" ", 1)[0] for line in found]
+    docker("exec", host.container, "docker", "rm", "-f", *names)
+    log(f"removed serving containers no stack of this checkout owns: {', '.join(found)}", host.name)
+
+
 def lab_hosts() -> dict[int, str]:
     """Index -> container name of every lab host container that exists."""
     out = docker(
@@ -759,9 +790,13 @@ def cmd_up(count: int, *, engine: bool = True) -> int:
         for index in sorted(i for i in lab_hosts() if i > count):
             remove_host(index)
         hosts = [Host(i) for i in range(1, count + 1)]
+        known = known_host_names()
         try:
             with ThreadPoolExecutor(max_workers=count) as pool:
                 ready = list(pool.map(lambda h: ensure_host(h, image, settings, pubkey), hosts))
+            for host in hosts:
+                if host.name not in known:
+                    clear_stale_serving(host)
         except BaseException:
             INVENTORY.unlink(missing_ok=True)  # the lab is not in a known-good state
             raise

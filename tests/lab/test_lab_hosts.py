@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.lab_stack import containers_on, host_exec, lab_serving_lock
 from tests.lab import labutil as lu
 
 pytestmark = pytest.mark.lab
@@ -131,3 +132,36 @@ def test_up_again_changes_nothing(lab: lu.Inventory) -> None:
     assert [h["host_key"] for h in after["hosts"]] == [h["host_key"] for h in lab["hosts"]]
     for h in lab["hosts"]:
         assert lu.docker_outer("inspect", "-f", "{{.Id}}", h["container"]) == ids[h["name"]]
+
+
+def test_up_clears_serving_containers_no_stack_here_owns(lab: lu.Inventory) -> None:
+    """The hosts' Docker volumes outlive the host containers, and every checkout on the
+    machine names its hosts alike: `lab up` without this checkout's inventory (another
+    checkout's `make demo` brought the lab up) removes the program's serving containers it
+    finds, and leaves everything else, and hosts its inventory lists, alone."""
+
+    def plant(host: str, name: str, *labels: str) -> None:
+        host_exec(host, "sh", "-c", "tar cf - -T /dev/null | docker import - lab-empty:1")
+        flags = [arg for label in labels for arg in ("--label", label)]
+        host_exec(host, "docker", "create", "--name", name, *flags, "lab-empty:1", "/none")
+
+    serving = ("managed-by=vllm-cluster", "vllm-cluster.stack=vllm-cluster/lab")
+    saved = lu.INVENTORY.read_text()
+    with lab_serving_lock():
+        try:
+            plant("1", "vllm-ray-head", *serving)
+            plant("1", "not-ours")
+            lu.INVENTORY.unlink()
+            up = lu.lab_cmd("up", str(len(lab["hosts"])))
+            assert up.returncode == 0, up.stdout + up.stderr
+            assert containers_on("1") == ["not-ours"]
+            assert "vllm-ray-head (vllm-cluster/lab)" in up.stdout + up.stderr
+
+            plant("1", "vllm-ray-head", *serving)
+            again = lu.lab_cmd("up", str(len(lab["hosts"])))
+            assert again.returncode == 0, again.stdout + again.stderr
+            assert containers_on("1") == ["not-ours", "vllm-ray-head"]
+        finally:
+            host_exec("1", "docker", "rm", "-f", "vllm-ray-head", "not-ours", check=False)
+            if not lu.INVENTORY.exists():
+                lu.INVENTORY.write_text(saved)
