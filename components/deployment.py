@@ -29,6 +29,7 @@ from components.shell import (
     docker_install,
     fanout_driver,
     image_check,
+    image_present,
     image_pull,
     preflight,
     rsync_argv,
@@ -284,6 +285,7 @@ def render_deployment(
             if tarball and image_id
             else None,
             image_pull=None if tarball else image_pull(host.name, image.name),
+            image_present=image_present(host.name, image.name, image_id),
         )
         head = rendered[0] if rendered else None
         node = NodeNetwork(

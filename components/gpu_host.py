@@ -15,6 +15,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.commands import ShellCommand
+from components.remote_check import RemoteCheck
 from components.ssh import SshTarget
 
 
@@ -32,6 +33,9 @@ class HostScripts:
     image_load_local: str | None = None
     # Runs on the host: pulls the image (registry or mirror) when no tarball is used.
     image_pull: str | None = None
+    # Read-only, on every preview and up: fails when the host lost the image (removed by
+    # hand, or the host was rebuilt), so the load or pull above runs again.
+    image_present: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +69,17 @@ class GpuHost(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         previous: list[pulumi.Resource] = []
 
-        def step(role: str, script: str, on_host: bool = True) -> ShellCommand:
+        def step(
+            role: str,
+            script: str,
+            on_host: bool = True,
+            triggers: list[pulumi.Input[Any]] | None = None,
+        ) -> ShellCommand:
             cmd = ShellCommand(
                 f"{name}-{role}",
                 target=args.ssh.ssh_command() if on_host else [],
                 create=script,
+                triggers=triggers,
                 opts=pulumi.ResourceOptions.merge(
                     child, pulumi.ResourceOptions(depends_on=list(previous))
                 ),
@@ -86,10 +96,22 @@ class GpuHost(pulumi.ComponentResource):
         self.facts = preflight.stdout.apply(_last_json_line)
         self.checked = [preflight]
 
+        triggers: list[pulumi.Input[Any]] | None = None
+        if s.image_present:
+            check = RemoteCheck(
+                f"{name}-image-check",
+                label=f"{name}:{args.image_name}",
+                ssh_argv=args.ssh.ssh_command(),
+                script=s.image_present,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[preflight]),
+            )
+            triggers = [check.generation]
         if s.image_load_local:
-            load: pulumi.Resource = step("image-load", s.image_load_local, on_host=False)
+            load: pulumi.Resource = step(
+                "image-load", s.image_load_local, on_host=False, triggers=triggers
+            )
         elif s.image_pull:
-            load = step("image-pull", s.image_pull)
+            load = step("image-pull", s.image_pull, triggers=triggers)
         else:
             raise ValueError(f"host {name}: neither an image tarball nor a pull is configured")
 

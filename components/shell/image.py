@@ -101,6 +101,20 @@ if [ "$HAVE" = "$WANT" ]; then echo present; else echo absent; fi
     return render(host, "image", body)
 
 
+def image_present(host: str, image: str, image_id: str | None = None) -> str:
+    """A read-only check, for drift: exits 1 (saying why) when the host lacks ``image``, or
+    holds it under another ID than ``image_id`` when given; exits 0 when it is in place."""
+    _check_image(image)
+    body = f"""
+IMAGE={q(image)}
+WANT={q(_check_id(image_id))}
+HAVE=$(docker image inspect --format '{{{{.Id}}}}' "$IMAGE" 2>/dev/null || true)
+if [ -z "$HAVE" ]; then log "$IMAGE is missing"; exit 1; fi
+if [ -n "$WANT" ] && [ "$HAVE" != "$WANT" ]; then log "$IMAGE is $HAVE, not $WANT"; exit 1; fi
+"""
+    return render(host, "image", body)
+
+
 def image_load(spec: ImageLoadSpec) -> str:
     """Render copy-and-load: skip when the host has this exact image, else ``docker load``.
     Prints one JSON line ``{"image", "id", "loaded"}``."""

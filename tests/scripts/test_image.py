@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from components.shell import ImageLoadSpec, image_check, image_load, tarball_image_id
+from components.shell import (
+    ImageLoadSpec,
+    image_check,
+    image_load,
+    image_present,
+    tarball_image_id,
+)
 
 from .conftest import needs_root, run_script
 
@@ -88,3 +94,19 @@ def test_missing_tarball_is_an_error_only_when_needed(
     fail = run_script(image_load(ImageLoadSpec("lab-1", name, missing, image_id=image_id)))
     assert fail.returncode == 1
     assert "not-copied.tar not found" in fail.stderr
+
+
+def test_present_check_fails_when_the_image_is_gone_or_another(
+    saved_image: tuple[str, Path],
+) -> None:
+    """The drift check behind `<host>-image-check`: 0 when in place, 1 naming the cause."""
+    name, tarball = saved_image
+    image_id = tarball_image_id(tarball, name)
+    assert run_script(image_present("lab-1", name, image_id)).returncode == 0
+    assert run_script(image_present("lab-1", name)).returncode == 0
+    other = "sha256:" + "0" * 64
+    wrong = run_script(image_present("lab-1", name, other))
+    assert wrong.returncode == 1 and f"{name} is {image_id}, not {other}" in wrong.stderr
+    docker("rmi", "-f", name)
+    gone = run_script(image_present("lab-1", name, image_id))
+    assert gone.returncode == 1 and f"{name} is missing" in gone.stderr

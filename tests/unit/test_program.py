@@ -115,6 +115,10 @@ def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
     # The image is streamed only when the host lacks this exact ID.
     load = mocks.named("n2-image-load").inputs["create"]
     assert IMAGE_ID in load and "docker load" in load
+    # ... and loaded again when the host lost it: a check on every preview/up triggers it.
+    check = mocks.named("n2-image-check").inputs
+    assert IMAGE_ID in check["script"] and check["label"] == "n2:eng:1"
+    assert len(mocks.named("n2-image-load").inputs["triggers"]) == 1
     # Local weights: the operator machine pushes them to every host (distribute: each).
     for name in ("n1", "n2"):
         fetch = mocks.named(f"weights-{name}-fetch").inputs["create"]
