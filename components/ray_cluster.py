@@ -135,7 +135,7 @@ class RayVllmCluster(pulumi.ComponentResource):
             args.launch,
             args.ready_timeout_s,
             args.api_key,
-            head,
-            pulumi.ResourceOptions(parent=self, depends_on=workers),
+            [head, *workers],
+            pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"endpoint": self.endpoint})

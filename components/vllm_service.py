@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_docker as docker
 
 from components.commands import ShellCommand
 from components.containers import ContainerSpec, engine_container
@@ -67,7 +69,7 @@ class VllmService(pulumi.ComponentResource):
             args.launch,
             args.ready_timeout_s,
             args.api_key,
-            container,
+            [container],
             pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"endpoint": self.endpoint})
@@ -81,12 +83,14 @@ def gated_endpoint(
     launch: EngineLaunch,
     timeout_s: int,
     api_key: pulumi.Input[str],
-    container: pulumi.Resource,
+    containers: Sequence[docker.Container],
     opts: pulumi.ResourceOptions,
 ) -> pulumi.Output[str]:
     """The endpoint URL, known only once the readiness gate passed on the serving host.
 
-    The gate re-runs each time the serving container is (re)created (its ID is a trigger)."""
+    The gate re-runs each time any of the serving `containers` is (re)created (their IDs are
+    its triggers): a Ray worker replaced alone, after its host lost it, takes the engine
+    down with it (vLLM's Ray executor fails with a lost node) until the cluster re-forms."""
     gate = ReadinessGate(
         container=container_name,
         port=launch.port,
@@ -98,7 +102,7 @@ def gated_endpoint(
         target=host.ssh.ssh_command(),
         create=readiness_script(gate),
         stdin=pulumi.Output.secret(api_key),
-        triggers=[container.id],  # type: ignore[attr-defined]
-        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[container])),
+        triggers=[c.id for c in containers],
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[*containers])),
     )
     return command.stdout.apply(lambda _: f"http://{address}:{launch.port}/v1")

@@ -109,6 +109,23 @@ def test_drift_removed_head_container_is_restored_by_up_refresh(
     assert ok.status_code == 200, ok.text
 
 
+def test_host_that_lost_its_engine_and_image_is_restored_by_up_refresh(
+    deployed: tuple[PulumiStack, dict[str, Any]],
+) -> None:
+    """What a rebuilt or wiped host looks like: no worker container, no image. The image
+    check notices, the image is streamed again, and the worker comes back."""
+    stack, out = deployed
+    host_exec("2", "docker", "rm", "-f", "vllm-ray-worker")
+    host_exec("2", "docker", "rmi", "-f", "vllm-standin:lab")
+    result = stack.up(refresh=True)
+    assert "[lab-2] image: streaming" in result.output, result.output[-3000:]
+    assert "[lab-1] image: streaming" not in result.output
+    assert containers_on("2") == ["vllm-ray-worker"]
+    ok = chat(out["endpoint"], out["api_key"], out["served_model_name"])
+    assert ok.status_code == 200, ok.text
+    assert "172.31.250.12" in ok.json()["choices"][0]["message"]["content"]
+
+
 def test_max_model_len_change_replaces_only_serving(
     deployed: tuple[PulumiStack, dict[str, Any]],
 ) -> None:

@@ -147,7 +147,12 @@ def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
             labels = {lbl["label"]: lbl["value"] for lbl in w.inputs["labels"]}
             assert labels["vllm-cluster.head"] == "ray-head-id"
             assert w.provider and f"{h}-docker" in w.provider
-        assert mocks.named("ray-ready").inputs["triggers"] == ["ray-head-id"]
+        # Any serving container replaced (a worker alone too) re-runs the gate.
+        assert mocks.named("ray-ready").inputs["triggers"] == [
+            "ray-head-id",
+            "ray-worker-h2-id",
+            "ray-worker-h3-id",
+        ]
 
     return settle(cluster.endpoint).apply(check)
 
