@@ -115,8 +115,19 @@ def test_host_that_lost_its_engine_and_image_is_restored_by_up_refresh(
     """What a rebuilt or wiped host looks like: no worker container, no image. The image
     check notices, the image is streamed again, and the worker comes back."""
     stack, out = deployed
+
+    def head_restarts() -> int:
+        inspect = ["docker", "inspect", "-f", "{{.RestartCount}}", "vllm-ray-head"]
+        return int(host_exec("1", *inspect).stdout)
+
+    before = head_restarts()
     host_exec("2", "docker", "rm", "-f", "vllm-ray-worker")
     host_exec("2", "docker", "rmi", "-f", "vllm-standin:lab")
+    # As after a host loss: the engine noticed its lost worker and restarted before the up.
+    deadline = time.monotonic() + 120
+    while head_restarts() == before:
+        assert time.monotonic() < deadline, "the head never noticed its lost worker"
+        time.sleep(0.5)
     result = stack.up(refresh=True)
     assert "[lab-2] image: streaming" in result.output, result.output[-3000:]
     assert "[lab-1] image: streaming" not in result.output
