@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import fcntl
-import json
 import os
 import subprocess
 import time
@@ -22,7 +21,13 @@ from typing import Any
 import requests
 import yaml
 
-from tests.e2e.pulumi_cli import PulumiStack, find_binary, pulumi_env, temporary_stack
+from tests.e2e.pulumi_cli import (
+    PulumiStack,
+    find_binary,
+    list_stacks,
+    pulumi_env,
+    temporary_stack,
+)
 from tests.lab.labutil import LAB_DIR, read_inventory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,15 +117,7 @@ def release_demo_stack() -> None:
     pulumi = find_binary("pulumi", env)
     if pulumi is None:
         return  # no CLI, no demo deployment (the callers report the missing CLI)
-    listed = subprocess.run(
-        [str(pulumi), "stack", "ls", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    demo = [s for s in json.loads(listed.stdout or "[]") if s.get("name") == DEMO_STACK]
+    demo = [s for s in list_stacks(REPO, env, pulumi) if s.get("name") == DEMO_STACK]
     if not demo or not demo[0].get("resourceCount"):
         return
     print(f"\nlab: destroying the `{DEMO_STACK}` stack of `make demo` to serve on the lab")

@@ -77,6 +77,20 @@ def find_binary(name: str, env: Mapping[str, str] | None = None) -> Path | None:
     return Path(found) if found else None
 
 
+def list_stacks(project_dir: Path, env: Mapping[str, str], pulumi: Path) -> list[dict[str, Any]]:
+    """``pulumi stack ls --json`` of the project: name, resourceCount, lastUpdate, ..."""
+    listed = subprocess.run(
+        [str(pulumi), "stack", "ls", "--json"],
+        cwd=project_dir,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stacks: list[dict[str, Any]] = json.loads(listed.stdout or "[]")
+    return stacks
+
+
 def missing_binaries(names: tuple[str, ...], env: Mapping[str, str] | None = None) -> list[str]:
     """The subset of ``names`` not found on the toolchain PATH."""
     return [name for name in names if find_binary(name, env) is None]

@@ -5,29 +5,22 @@ colliding with it. Real CLI: tools/demo.sh is the README's main command."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from typing import Any
 
 import pytest
 
 from tests.e2e.lab_stack import DEMO_STACK, REPO, containers_on, lab_serving_lock
-from tests.e2e.pulumi_cli import find_binary, pulumi_env
+from tests.e2e.pulumi_cli import find_binary, list_stacks, pulumi_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
 
 def demo_resource_count() -> int:
     env = pulumi_env()
-    listed = subprocess.run(
-        [str(find_binary("pulumi", env)), "stack", "ls", "--json"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    stacks = {s["name"]: s for s in json.loads(listed.stdout or "[]")}
+    pulumi = find_binary("pulumi", env)
+    assert pulumi is not None
+    stacks = {s["name"]: s for s in list_stacks(REPO, env, pulumi)}
     return int(stacks.get(DEMO_STACK, {}).get("resourceCount") or 0)
 
 
