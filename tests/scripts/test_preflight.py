@@ -8,6 +8,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,46 @@ def test_this_stacks_containers_pass_and_are_reported(
         named_containers["ours"]: "ours",
         named_containers["legacy"]: "ours-unlabelled",
     }
+
+
+RUNNABLE_IMAGE = "vllm-cluster-test-usr:1"
+
+
+@pytest.fixture
+def running_own_container(gpu_bin: Path, tmp_path: Path) -> Iterator[str]:
+    """A running container of this stack: an image of only the usr-merge links, run with
+    this machine's /usr mounted read-only (no registry is reachable here)."""
+    rootfs = tmp_path / "usr-links.tar"
+    with tarfile.open(rootfs, "w") as tar:
+        for name in ("bin", "lib", "lib64", "sbin"):
+            link = tarfile.TarInfo(name)
+            link.type = tarfile.SYMTYPE
+            link.linkname = f"usr/{name}"
+            tar.addfile(link)
+    subprocess.run(
+        ["docker", "import", str(rootfs), RUNNABLE_IMAGE], capture_output=True, check=True
+    )
+    name = f"pftest-{secrets.token_hex(4)}-running"
+    try:
+        subprocess.run(
+            ["docker", "run", "-d", "--name", name, "-v", "/usr:/usr:ro",
+             "--label", "managed-by=vllm-cluster",
+             "--label", "vllm-cluster.stack=vllm-cluster/test",
+             RUNNABLE_IMAGE, "/usr/bin/sleep", "300"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        yield name
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+
+
+def test_a_port_held_while_our_container_runs_is_ours(
+    gpu_bin: Path, tmp_path: Path, listening_port: int, running_own_container: str
+) -> None:
+    own = ("pftest-absent", running_own_container)
+    s = spec(tmp_path, own_containers=own, ports=(listening_port,))
+    proc = run_script(preflight(s), path_prefix=gpu_bin)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["ports"] == {str(listening_port): f"ours:{running_own_container}"}
+    assert facts["containers"] == {running_own_container: "ours"}

@@ -230,6 +230,7 @@ fact address_ips "$(join_json "${ADDR_IPS[@]}")"
 # carry OWNER_LABEL; an unlabelled one made by this tool predates that label and is taken as
 # ours, as before (a stack upgraded in place re-runs preflight beside its own containers).
 CONTAINERS_JSON=""
+RUNNING_OWN=""  # the last running container under our names: it may hold the ports below
 if [ -n "$DOCKER_VERSION" ]; then
   for c in "${OWN_CONTAINERS[@]}"; do
     info=$(docker container inspect -f \
@@ -249,6 +250,8 @@ if [ -n "$DOCKER_VERSION" ]; then
       problem "container $c ($status) exists and was not made by vllm-cluster" \
         "remove or rename it (docker rm -f $c): this deployment needs the name, and an engine of its own would share the GPUs"
     fi
+    # What `docker ps` lists: paused and restarting containers keep their ports.
+    case "$status" in running | paused | restarting) RUNNING_OWN=$c ;; esac
     log "container $c: $state ($status)"
     CONTAINERS_JSON+="${CONTAINERS_JSON:+,}$(jstr "$c"):$(jstr "$state")"
   done
@@ -262,12 +265,7 @@ for port in "${PORTS[@]}"; do
   state=free
   if printf '%s\n' "$LISTEN" | grep -Eq ":$port\$"; then
     state=busy
-    for c in "${OWN_CONTAINERS[@]}"; do
-      if command -v docker >/dev/null 2>&1 \
-        && [ -n "$(docker ps -q --filter "name=^/${c}\$" 2>/dev/null)" ]; then
-        state="ours:$c"
-      fi
-    done
+    [ -z "$RUNNING_OWN" ] || state="ours:$RUNNING_OWN"
     if [ "$state" = busy ]; then
       who=$(ss -ltnp "sport = :$port" 2>/dev/null | grep -o 'users:(([^)]*))' | head -n 1 || true)
       problem "port $port is already in use${who:+ by $who}" \
