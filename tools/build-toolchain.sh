@@ -1,28 +1,29 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # the build_* functions are called indirectly ("build_$component")
-# Build the Pulumi CLI and the plugins this project needs from the Go module proxy, into
-# $TOOLCHAIN_DIR/bin (.toolchain/bin, gitignored). No binary can be downloaded on our machines,
-# so everything is compiled with Go from modules the proxy serves.
+# Build the Pulumi CLI and the plugins this project needs, into $TOOLCHAIN_DIR/bin (.toolchain/bin,
+# gitignored) and PULUMI_HOME. No binary can be downloaded on our machines, so everything is
+# compiled with Go.
 #
-#   tools/build-toolchain.sh [COMPONENT...]     default: cli python docker
+#   tools/build-toolchain.sh [COMPONENT...]     default: cli python command docker
 #
 # Components and where they come from:
-#   cli      pulumi v3.274.1 (github.com/pulumi/pulumi/pkg/v3 + sdk/v3), version-stamped.
-#   python   pulumi-language-python: the upstream language host module is NOT served by the
-#            proxy, so this is our own host (tools/toolchain/pulumi-language-python/main.go)
-#            built on sdk/v3, plus the executor and dynamic-provider scripts that ship inside
-#            the sdk/v3 module (they must sit next to the host binary).
-#   (no pulumi-resource-command: the proxy refuses every github.com/pulumi/pulumi-command
-#   module with 403 "This module version is not available", so the program runs its host
-#   steps with its own dynamic-provider resource, components/commands.py.)
-#   docker   pulumi-resource-docker at the pulumi-docker SDK version of requirements.txt. The
-#            upstream provider module is NOT served either, so it is bridged here from the same
-#            parts pulumi-docker is made of (tools/toolchain/pulumi-resource-docker/main.go).
+#   cli      pulumi v3.274.1 (github.com/pulumi/pulumi/pkg/v3 + sdk/v3 from the Go module proxy).
+#   python   the upstream language host pulumi-language-python v3.259.0, from its release
+#            archive in ../shared/upstream (the proxy refuses that module), beside `pulumi`,
+#            with pulumi-language-python-exec and pulumi-resource-pulumi-python from sdk/v3.
+#   command  the upstream pulumi-resource-command 1.2.1 (pulumi-command's provider/), from its
+#            release archive; registered with `pulumi plugin install resource ... --file`.
+#   docker   the upstream pulumi-resource-docker 5.1.0 (pulumi-docker's provider/, native
+#            docker.Image included) over terraform-provider-docker 4.5.0 with pulumi-docker's
+#            patches; from their release archives; registered like `command`.
+# The archives' dependencies come from the Go module proxy. UPSTREAM_DIR overrides where the
+# archives are (default ../shared/upstream beside the repository).
 #
-# Throwaway wrapper modules, GOPATH, GOMODCACHE, GOCACHE and logs live in $TOOLCHAIN_CACHE
-# (~/.cache/vllm-cluster-toolchain), never in the repository. Idempotent: a component whose
-# binaries exist with a matching stamp (version + inputs + Go version) is skipped. A pulumi
-# CLI of the right version already on PATH (outside .toolchain) is used instead of building.
+# GOPATH, GOMODCACHE, GOCACHE, extracted sources, built plugins and logs live in
+# $TOOLCHAIN_CACHE (~/.cache/vllm-cluster-toolchain), never in the repository. Idempotent: a
+# component whose inputs (versions, archive sha256, this script's build function, the Go
+# version) are unchanged is not rebuilt. A pulumi CLI of the right version already on PATH
+# (outside .toolchain) is used instead of building.
 # Exit status: 0 when every requested component is available, 1 otherwise (summary at the end).
 set -euo pipefail
 
@@ -32,21 +33,17 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 PULUMI_VERSION=v3.274.1
 # pkg/v3 v3.274.1 declares `go 1.26.6`: older Go cannot build it.
 GO_MIN=1.26.6
-# The Terraform Docker provider and bridge versions that match the pulumi-docker 5.2.0 SDK
-# (its resources, e.g. BuildxBuilder, exist in this provider commit).
-TF_DOCKER_MODULE=github.com/kreuzwerker/terraform-provider-docker
-TF_DOCKER_VERSION=v0.0.0-20260916201441-96d331c98ff4
-BRIDGE_VERSION=v3.137.0
-# The bridge does not compile against newer pkg/v3 APIs (plugin.NewContext changed), so the
-# provider uses the pkg/sdk release the bridge was built with. The CLI stays at v3.274.1.
-BRIDGE_PULUMI_VERSION=v3.256.0
-TF_SDK_FORK=github.com/pulumi/terraform-plugin-sdk/v2
-TF_SDK_FORK_VERSION=v2.0.0-20260318212141-5525259d096b
+# The upstream plugin versions: the archives in $UPSTREAM_DIR, and the PyPI SDKs that
+# requirements.txt pins to the same versions (checked below).
+PYTHON_HOST_VERSION=3.259.0
+COMMAND_VERSION=1.2.1
+DOCKER_VERSION=5.1.0
+TF_DOCKER_VERSION=4.5.0
+UPSTREAM_DIR="${UPSTREAM_DIR:-$REPO_ROOT/../shared/upstream}"
 
 bin_dir="$TOOLCHAIN_DIR/bin"
 stamp_dir="$TOOLCHAIN_DIR/.stamps"
 log_dir="$TOOLCHAIN_CACHE/logs"
-src_dir="$REPO_ROOT/tools/toolchain"
 mkdir -p "$bin_dir" "$stamp_dir" "$log_dir" "$TOOLCHAIN_CACHE/wrappers"
 
 # Go state stays in the cache; GOFLAGS from the caller could change what gets built.
@@ -62,12 +59,15 @@ say() { printf '[toolchain] %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
 fmt_secs() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 
-# The pulumi-docker version the Python SDK pins (requirements.txt).
+# The PyPI SDK of each plugin must be pinned to the plugin's version: the SDK asks the engine for
+# exactly that plugin version.
 sdk_pin() {
   sed -n "s/^$1==\([^[:space:]#]*\).*/\1/p" "$REPO_ROOT/requirements.txt" | head -n1
 }
-DOCKER_VERSION="$(sdk_pin pulumi-docker)"
-[[ -n "$DOCKER_VERSION" ]] || die "requirements.txt pins no pulumi-docker version"
+[[ "$(sdk_pin pulumi-docker)" == "$DOCKER_VERSION" ]] ||
+  die "requirements.txt must pin pulumi-docker==$DOCKER_VERSION (the provider built here)"
+[[ "$(sdk_pin pulumi-command)" == "$COMMAND_VERSION" ]] ||
+  die "requirements.txt must pin pulumi-command==$COMMAND_VERSION (the provider built here)"
 
 find_go() {
   if command -v go >/dev/null 2>&1; then
@@ -180,172 +180,134 @@ replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-202
   mark_built cli "$key"
 }
 
+# ---------------------------------------------------------------------------------------
+# The upstream plugins, built from the verbatim release archives in $UPSTREAM_DIR
+# (../shared/upstream; its README has their provenance and build commands). The archives are
+# extracted into the cache, never in place (CI's shared/ is read-only). A plugin is rebuilt
+# when its archive's sha256 changes.
+archive() { # file-name -> path, or fail naming it
+  local path="$UPSTREAM_DIR/$1"
+  [[ -f "$path" ]] || {
+    say "missing upstream archive $path (set UPSTREAM_DIR to the folder holding it)"
+    return 1
+  }
+  echo "$path"
+}
+archive_sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# Extract `archive` into a fresh $TOOLCHAIN_CACHE/src/<name>; prints that directory.
+extract() { # archive-path name
+  local dest="$TOOLCHAIN_CACHE/src/$2"
+  rm -rf "$dest"
+  mkdir -p "$dest"
+  tar -xzf "$1" -C "$dest" --strip-components=1
+  echo "$dest"
+}
+
+# Register a resource plugin in PULUMI_HOME from a built binary (off $PATH, found by version).
+register_plugin() { # name version binary log
+  run_logged "$4" pulumi plugin install resource "$1" "$2" --file "$3" --reinstall
+}
+
+# The real Python language host (pulumi v3.259.0, sdk/python/cmd/pulumi-language-python), with
+# the executor and the dynamic-provider host scripts beside it: they ship in the sdk/v3 module.
 build_python() {
-  local log="$log_dir/python.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-language-python" external
-  if external="$(external_binary pulumi-language-python)" &&
-    [[ -x "$(dirname "$external")/pulumi-language-python-exec" ]]; then
-    say "python: using $external (installed outside .toolchain, with its executor)"
-    rm -f "$bin_dir"/pulumi-language-python{,-exec}
-    install_dynamic_provider "$(dirname "$external")/pulumi-resource-pulumi-python" ||
-      say "python: keeping that installation's dynamic provider (4 calls at a time)"
-    return 0
-  fi
-  local key
-  key="$(stamp_key python "$PULUMI_VERSION" "$(cat "$src_dir/pulumi-language-python/main.go" "$src_dir/dynamic_provider.py")" "$(declare -f install_dynamic_provider)")"
+  local log="$log_dir/python.log" tar key src sdk
+  tar="$(archive "pulumi-language-python-$PYTHON_HOST_VERSION.tar.gz")" || return 1
+  key="$(stamp_key python "$PYTHON_HOST_VERSION" "$(archive_sha "$tar")")"
   if up_to_date python "$key" pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python; then
-    say "python: pulumi-language-python up to date"
+    say "python: pulumi-language-python $PYTHON_HOST_VERSION up to date"
     return 0
   fi
   : >"$log"
-  say "python: building pulumi-language-python (this project's host on sdk/v3 $PULUMI_VERSION; log: $log)"
-  mkdir -p "$dir"
-  cp "$src_dir/pulumi-language-python/main.go" "$dir/main.go"
-  prepare_wrapper "$dir" "$log" "module vllmcluster.local/toolchain/pulumi-language-python
-
-go 1.26.6
-
-require github.com/pulumi/pulumi/sdk/v3 $PULUMI_VERSION" || return 1
-  go_build "$dir" "$log" "$bin_dir/pulumi-language-python" "" "-s -w -X main.version=$PULUMI_VERSION" . || return 1
-  # The executor and the dynamic provider host are scripts shipped in the sdk/v3 module.
-  local sdk
-  sdk="$(cd "$dir" && "$GO" list -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)"
+  say "python: building the upstream pulumi-language-python $PYTHON_HOST_VERSION (log: $log)"
+  src="$(extract "$tar" "pulumi-language-python-$PYTHON_HOST_VERSION")/sdk/python/cmd/pulumi-language-python"
+  # Upstream's go.mod points pkg and sdk at the monorepo by relative path; take the same
+  # versions from the module proxy instead (shared/upstream/README.md).
+  (cd "$src" && run_logged "$log" "$GO" mod edit \
+    -dropreplace=github.com/pulumi/pulumi/pkg/v3 -dropreplace=github.com/pulumi/pulumi/sdk/v3 \
+    "-require=github.com/pulumi/pulumi/pkg/v3@v$PYTHON_HOST_VERSION" \
+    "-require=github.com/pulumi/pulumi/sdk/v3@v$PYTHON_HOST_VERSION") || return 1
+  (cd "$src" && run_logged "$log" nice -n 10 "$GO" build -mod=mod -trimpath \
+    -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PYTHON_HOST_VERSION" \
+    -o "$bin_dir/pulumi-language-python" .) || return 1
+  sdk="$(cd "$src" && "$GO" list -mod=mod -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)" || return 1
   install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$bin_dir/pulumi-language-python-exec"
-  install_dynamic_provider "$sdk/python/dist/pulumi-resource-pulumi-python" || return 1
+  install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$bin_dir/pulumi-resource-pulumi-python"
   mark_built python "$key"
 }
 
-# The SDK's `pulumi-resource-pulumi-python` shim (it finds the project's virtualenv), made
-# to run tools/toolchain/dynamic_provider.py: the SDK's provider with more than 4 threads.
-install_dynamic_provider() { # sdk-shim
-  local shim="$1" entry="$TOOLCHAIN_DIR/lib/dynamic_provider.py" out="$bin_dir/pulumi-resource-pulumi-python"
-  local run_module='-u -m pulumi.dynamic $@'
-  if [[ ! -f "$shim" ]] || [[ "$(grep -cF -- "$run_module" "$shim")" -ne 2 ]]; then
-    say "python: $shim does not run '$run_module' twice as expected; cannot widen the dynamic provider"
-    return 1
-  fi
-  mkdir -p "$TOOLCHAIN_DIR/lib"
-  install -m 0644 "$src_dir/dynamic_provider.py" "$entry"
-  # Found next to the shim (not by absolute path), so the toolchain stays movable.
-  sed 's|-u -m pulumi\.dynamic \$@|-u "$(dirname "$0")/../lib/dynamic_provider.py" "$@"|' "$shim" >"$out.tmp"
-  if grep -qF -- "$run_module" "$out.tmp"; then
-    say "python: could not rewrite $shim"
-    return 1
-  fi
-  chmod 0755 "$out.tmp"
-  mv "$out.tmp" "$out"
+# A cached upstream provider binary, built once per archive; registered in PULUMI_HOME on
+# every run (registration is per PULUMI_HOME, i.e. per checkout, and takes a second).
+cached_plugin() { # name version key -> path of the binary when built
+  echo "$TOOLCHAIN_CACHE/plugins/pulumi-resource-$1-$2-${3:0:16}"
 }
 
-# A resource plugin already installed in PULUMI_HOME at the exact version (e.g. by
-# `pulumi plugin install resource NAME VERSION --file BINARY`).
-plugin_installed() { # name version
-  command -v pulumi >/dev/null 2>&1 || return 1
-  pulumi plugin ls --json 2>/dev/null | python3 -c '
-import json, sys
-name, version = sys.argv[1], sys.argv[2]
-plugins = json.load(sys.stdin) or []
-ok = any(p.get("kind") == "resource" and p.get("name") == name and p.get("version") == version for p in plugins)
-sys.exit(0 if ok else 1)' "$1" "$2"
-}
-
-# A provider binary outside .toolchain (PATH) whose --version prints the wanted version.
-external_plugin() { # name version
-  local found
-  found="$(external_binary "pulumi-resource-$1")" || return 1
-  [[ "$(timeout 20 "$found" --version 2>/dev/null | head -n1)" =~ ^v?"$2"$ ]] || return 1
-  echo "$found"
-}
-
-build_docker() {
-  local log="$log_dir/docker.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-docker" external
-  if plugin_installed docker "$DOCKER_VERSION"; then
-    say "docker: resource plugin docker $DOCKER_VERSION already installed in $PULUMI_HOME"
-    return 0
-  fi
-  if external="$(external_plugin docker "$DOCKER_VERSION")"; then
-    say "docker: using $external ($DOCKER_VERSION, installed outside .toolchain)"
-    rm -f "$bin_dir/pulumi-resource-docker"
-    return 0
-  fi
-  local key
-  key="$(stamp_key docker "$DOCKER_VERSION" "$TF_DOCKER_VERSION" "$BRIDGE_VERSION" "$BRIDGE_PULUMI_VERSION" "$TF_SDK_FORK_VERSION" \
-    "$(cat "$src_dir/pulumi-resource-docker/main.go")")"
-  if up_to_date docker "$key" pulumi-resource-docker; then
-    say "docker: pulumi-resource-docker $DOCKER_VERSION up to date"
-    return 0
-  fi
+# pulumi-resource-command 1.2.1 (pulumi-command's provider/).
+build_command() {
+  local log="$log_dir/command.log" tar key out src
+  tar="$(archive "pulumi-command-$COMMAND_VERSION.tar.gz")" || return 1
+  key="$(stamp_key command "$COMMAND_VERSION" "$(archive_sha "$tar")")"
+  out="$(cached_plugin command "$COMMAND_VERSION" "$key")"
   : >"$log"
-  say "docker: building pulumi-resource-docker $DOCKER_VERSION (Terraform Docker provider via the bridge; log: $log)"
-  # The Terraform provider keeps its SDKv2 provider in an internal package; a tiny shim
-  # package added to a writable copy of the module makes it importable from our wrapper.
-  (cd /tmp && run_logged "$log" "$GO" mod download "$TF_DOCKER_MODULE@$TF_DOCKER_VERSION") || return 1
-  local upstream="$TOOLCHAIN_CACHE/src/terraform-provider-docker@$TF_DOCKER_VERSION"
-  rm -rf "$upstream"
-  mkdir -p "$(dirname "$upstream")"
-  cp -r "$GOMODCACHE/$TF_DOCKER_MODULE@$TF_DOCKER_VERSION" "$upstream"
-  chmod -R u+w "$upstream"
-  mkdir -p "$upstream/shim"
-  cat >"$upstream/shim/shim.go" <<'EOF'
-// Package shim exposes the SDKv2 provider to the Pulumi bridge build (internal packages
-// cannot be imported from another module). Added by vllm-cluster's tools/build-toolchain.sh.
-package shim
-
-import (
-	"github.com/hashicorp/terraform-plugin-sdk/v2/helper/schema"
-	"github.com/terraform-providers/terraform-provider-docker/internal/provider"
-)
-
-// NewProvider returns the Terraform Docker provider (its SDKv2 part) at the given version.
-func NewProvider(version string) *schema.Provider { return provider.New(version)() }
-EOF
-  rm -rf "$dir"
-  mkdir -p "$dir"
-  cp "$src_dir/pulumi-resource-docker/main.go" "$dir/main.go"
-  # Stage 1 embeds a placeholder schema; it generates the real one, which stage 2 embeds.
-  echo '{}' >"$dir/schema.json"
-  # The provider module names itself github.com/terraform-providers/terraform-provider-docker;
-  # the bridge needs Pulumi's fork of terraform-plugin-sdk (as upstream pulumi-docker does).
-  prepare_wrapper "$dir" "$log" "module vllmcluster.local/toolchain/pulumi-resource-docker
-
-go 1.26.6
-
-require (
-	github.com/pulumi/pulumi-terraform-bridge/v3 $BRIDGE_VERSION
-	github.com/pulumi/pulumi/pkg/v3 $BRIDGE_PULUMI_VERSION
-	github.com/pulumi/pulumi/sdk/v3 $BRIDGE_PULUMI_VERSION
-	github.com/terraform-providers/terraform-provider-docker v0.0.0
-)
-
-replace (
-	github.com/hashicorp/terraform-plugin-sdk/v2 => $TF_SDK_FORK $TF_SDK_FORK_VERSION
-	github.com/terraform-providers/terraform-provider-docker => $upstream
-)" || return 1
-  # no_compose: leaves out docker_compose (not in the pulumi-docker SDK either).
-  local ldflags="-s -w -X main.version=$DOCKER_VERSION"
-  local stage1="$TOOLCHAIN_CACHE/wrappers/pulumi-resource-docker.stage1"
-  go_build "$dir" "$log" "$stage1" no_compose "$ldflags" . || return 1
-  say "docker: generating the Pulumi schema"
-  if ! (cd "$dir" && TF_DOCKER_SOURCE_DIR="$upstream" "$stage1" --emit-schema >"$dir/schema.json.new" 2>>"$log"); then
-    say "docker: schema generation failed; last lines of $log:"
-    tail -n 25 "$log" | sed 's/^/    /' >&2
-    return 1
+  if [[ -x "$out" ]]; then
+    say "command: pulumi-resource-command $COMMAND_VERSION built ($out)"
+  else
+    say "command: building the upstream pulumi-resource-command $COMMAND_VERSION (log: $log)"
+    src="$(extract "$tar" "pulumi-command-$COMMAND_VERSION")/provider"
+    mkdir -p "$(dirname "$out")"
+    (cd "$src" && run_logged "$log" nice -n 10 "$GO" build -trimpath -o "$out.tmp" \
+      -ldflags "-s -w -X github.com/pulumi/pulumi-command/provider/pkg/version.Version=$COMMAND_VERSION" \
+      ./cmd/pulumi-resource-command) || return 1
+    mv "$out.tmp" "$out"
   fi
-  mv "$dir/schema.json.new" "$dir/schema.json"
-  go_build "$dir" "$log" "$bin_dir/pulumi-resource-docker" no_compose "$ldflags" . || return 1
-  rm -f "$stage1"
-  mark_built docker "$key"
+  register_plugin command "$COMMAND_VERSION" "$out" "$log"
+}
+
+# pulumi-resource-docker 5.1.0: pulumi-docker's provider/, with its upstream
+# (terraform-provider-docker 4.5.0) at ../upstream and pulumi-docker's patches applied, as
+# upstream's own Makefile prepares it; main.go embeds schema-embed.json, which generate.go
+# writes from schema.json.
+build_docker() {
+  local log="$log_dir/docker.log" tar tf_tar key out root p
+  tar="$(archive "pulumi-docker-$DOCKER_VERSION.tar.gz")" || return 1
+  tf_tar="$(archive "terraform-provider-docker-$TF_DOCKER_VERSION.tar.gz")" || return 1
+  key="$(stamp_key docker "$DOCKER_VERSION" "$(archive_sha "$tar")" "$(archive_sha "$tf_tar")")"
+  out="$(cached_plugin docker "$DOCKER_VERSION" "$key")"
+  : >"$log"
+  if [[ -x "$out" ]]; then
+    say "docker: pulumi-resource-docker $DOCKER_VERSION built ($out)"
+  else
+    say "docker: building the upstream pulumi-resource-docker $DOCKER_VERSION (log: $log)"
+    root="$(extract "$tar" "pulumi-docker-$DOCKER_VERSION")"
+    rm -rf "$root/upstream"
+    mkdir -p "$root/upstream"
+    tar -xzf "$tf_tar" -C "$root/upstream" --strip-components=1
+    for p in "$root"/patches/*.patch; do
+      (cd "$root/upstream" && run_logged "$log" patch -p1 -i "$p") || return 1
+    done
+    (cd "$root/provider/cmd/pulumi-resource-docker" &&
+      VERSION="$DOCKER_VERSION" run_logged "$log" "$GO" run ./generate.go) || return 1
+    mkdir -p "$(dirname "$out")"
+    (cd "$root/provider" && run_logged "$log" nice -n 10 "$GO" build -trimpath -o "$out.tmp" \
+      -ldflags "-s -w -X github.com/pulumi/pulumi-docker/provider/v5/pkg/version.Version=$DOCKER_VERSION" \
+      ./cmd/pulumi-resource-docker) || return 1
+    mv "$out.tmp" "$out"
+  fi
+  register_plugin docker "$DOCKER_VERSION" "$out" "$log"
 }
 
 # ---------------------------------------------------------------------------------------
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(cli python docker)
+[[ ${#components[@]} -gt 0 ]] || components=(cli python command docker)
 say "Go $go_version ($GO); output $bin_dir; cache $TOOLCHAIN_CACHE"
 declare -A result=()
 failed=0
 total_start=$SECONDS
 for component in "${components[@]}"; do
   case "$component" in
-  cli | python | docker) ;;
-  *) die "unknown component '$component' (cli, python, docker)" ;;
+  cli | python | command | docker) ;;
+  *) die "unknown component '$component' (cli, python, command, docker)" ;;
   esac
   start=$SECONDS
   if "build_$component"; then

@@ -18,7 +18,13 @@ from typing import NoReturn
 
 import pytest
 
-from tests.e2e.pulumi_cli import CORE_BINARIES, missing_binaries, pulumi_env
+from tests.e2e.pulumi_cli import (
+    CORE_BINARIES,
+    installed_plugins,
+    missing_binaries,
+    pulumi_env,
+    sdk_plugin_versions,
+)
 from tests.lab.conftest import lab  # noqa: F401  (the session lab, shared with tests/lab)
 
 #: The tiny image the engine test runs: a static busybox, imported (no registry here).
@@ -52,14 +58,19 @@ def toolchain_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def require_plugins(toolchain_env: dict[str, str]) -> Callable[..., None]:
-    """Call with provider names (``"docker"``, ``"command"``) the test needs on the PATH."""
+    """Call with provider names (``"docker"``, ``"command"``) the test needs: each must be
+    installed in PULUMI_HOME at the version its PyPI SDK asks for (make toolchain does it)."""
 
     def check(*names: str) -> None:
-        binaries = tuple(f"pulumi-resource-{name}" for name in names)
-        missing = missing_binaries(binaries, toolchain_env)
+        installed = installed_plugins(toolchain_env)
+        missing = [
+            f"{name} {version}"
+            for name, version in sdk_plugin_versions(names).items()
+            if version not in installed.get(("resource", name), set())
+        ]
         if missing:
             unavailable(
-                f"provider plugin(s) not built: {', '.join(missing)}; run `make toolchain` "
+                f"provider plugin(s) not installed: {', '.join(missing)}; run `make toolchain` "
                 "(tools/build-toolchain.sh says why a plugin cannot be built)"
             )
 

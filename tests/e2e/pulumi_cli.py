@@ -10,6 +10,7 @@ with the tail of their output, so a red test shows what Pulumi said.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import secrets
@@ -89,6 +90,35 @@ def list_stacks(project_dir: Path, env: Mapping[str, str], pulumi: Path) -> list
     )
     stacks: list[dict[str, Any]] = json.loads(listed.stdout or "[]")
     return stacks
+
+
+def sdk_plugin_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """The provider version each installed Python SDK requests (its pulumi-plugin.json)."""
+    versions = {}
+    for name in names:
+        module = importlib.import_module(f"pulumi_{name}")
+        plugin_json = Path(module.__file__ or "").parent / "pulumi-plugin.json"
+        versions[name] = str(json.loads(plugin_json.read_text())["version"])
+    return versions
+
+
+def installed_plugins(env: Mapping[str, str]) -> dict[tuple[str, str], set[str]]:
+    """``pulumi plugin ls --json`` as (kind, name) -> versions installed in PULUMI_HOME."""
+    pulumi = find_binary("pulumi", env)
+    if pulumi is None:
+        return {}
+    listed = subprocess.run(
+        [str(pulumi), "plugin", "ls", "--json"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    plugins: dict[tuple[str, str], set[str]] = {}
+    for p in json.loads(listed.stdout or "[]") or []:
+        plugins.setdefault((p["kind"], p["name"]), set()).add(str(p["version"]))
+    return plugins
 
 
 def missing_binaries(names: tuple[str, ...], env: Mapping[str, str] | None = None) -> list[str]:

@@ -8,7 +8,6 @@ names itself (see conftest: skip locally, fail under CI).
 
 from __future__ import annotations
 
-import inspect
 import json
 import secrets
 import subprocess
@@ -18,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.pulumi_cli import PulumiCommandError, PulumiStack, find_binary, temporary_stack
+from tests.e2e.pulumi_cli import (
+    PulumiCommandError,
+    PulumiStack,
+    find_binary,
+    sdk_plugin_versions,
+    temporary_stack,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -37,16 +42,6 @@ def _docker_inspect(docker: str, name: str) -> dict[str, Any] | None:
     item = data[0]
     assert isinstance(item, dict)
     return item
-
-
-def _sdk_plugin_versions(names: tuple[str, ...]) -> dict[str, str]:
-    """The provider version each installed Python SDK requests (its pulumi-plugin.json)."""
-    versions = {}
-    for name in names:
-        module = __import__(f"pulumi_{name}")
-        plugin_json = Path(module.__file__ or "").parent / "pulumi-plugin.json"
-        versions[name] = str(json.loads(plugin_json.read_text())["version"])
-    return versions
 
 
 def _run_lifecycle(stack: PulumiStack, parts: set[str]) -> dict[str, Any]:
@@ -75,8 +70,9 @@ def _check_core(stack: PulumiStack, outputs: dict[str, Any], token: str) -> None
 CASES: dict[str, tuple[str, ...]] = {
     # The CLI, the language host and the dynamic-provider host: no provider plugin needed.
     "core": (),
-    # The provider plugin the program uses (host commands are dynamic-provider resources).
+    # The provider plugins the program uses: containers and images, and host steps.
     "docker": ("docker",),
+    "command": ("command",),
 }
 
 
@@ -99,6 +95,9 @@ def test_engine_lifecycle(
         container_name = f"vllm-e2e-{case}-{secrets.token_hex(4)}"
         config["image"] = request.getfixturevalue("busybox_image")
         config["containerName"] = container_name
+    command_dir = request.getfixturevalue("tmp_path")
+    if "command" in parts:
+        config["commandDir"] = str(command_dir)
 
     with temporary_stack(
         PROGRAM,
@@ -121,100 +120,66 @@ def test_engine_lifecycle(
             assert info["State"]["Running"] is True
             assert info["Config"]["Labels"]["vllm-cluster.e2e"] == "engine-check"
             assert info["Image"] == outputs["imageId"]
+        if "command" in parts:
+            # The script ran once (the no-change up did not run it again) and read the
+            # secret from stdin, which stays encrypted in the state.
+            assert outputs["commandStdout"] == "made"
+            assert (command_dir / "created").read_text() == f"{len(token)}\n"
 
         resources = stack.resources()
         types = {r["type"] for r in resources}
         assert "pulumi-python:dynamic:Resource" in types
         # The engine loaded each provider at the version the installed SDK asks for.
-        for name, version in _sdk_plugin_versions(plugins).items():
+        for name, version in sdk_plugin_versions(plugins).items():
             provider = next(r for r in resources if r["type"] == f"pulumi:providers:{name}")
             assert provider["inputs"]["version"] == version, provider
         if "docker" in parts:
-            assert set(SDK_RESOURCES) & types == {
+            assert {
                 "docker:index/container:Container",
                 "docker:index/remoteImage:RemoteImage",
-            }
+            } <= types
+        if "command" in parts:
+            assert "command:local:Command" in types
 
         stack.destroy()
         # Only the stack itself is left in the state; the container is really gone.
         assert [r["type"] for r in stack.resources()] in ([], ["pulumi:pulumi:Stack"])
         if "docker" in parts:
             assert _docker_inspect(docker, container_name) is None
+        if "command" in parts:
+            assert not (command_dir / "created").exists(), "the delete script did not run"
 
         timings = {" ".join(r.args[:2]): round(r.duration_s, 1) for r in stack.history}
         request.node.user_properties.append(("pulumi_timings_s", timings))
 
 
-# ---------------------------------------------------------------------------------------
-# The docker provider is bridged by tools/build-toolchain.sh from the same Terraform
-# provider pulumi-docker uses. These resources must look exactly like the pulumi-docker SDK
-# in requirements.txt expects: same tokens, same property names, same list-ness.
-SDK_RESOURCES = {
-    "docker:index/container:Container": "Container",
-    "docker:index/remoteImage:RemoteImage": "RemoteImage",
-    "docker:index/network:Network": "Network",
-    "docker:index/volume:Volume": "Volume",
-}
-
-
-def _sdk_properties(cls: type) -> dict[str, bool]:
-    """Pulumi property names of an SDK class -> whether the SDK types it as a list."""
-    props: dict[str, bool] = {}
-    for _, member in inspect.getmembers(cls, lambda m: isinstance(m, property)):
-        name = getattr(member.fget, "_pulumi_name", None)
-        if name is None:
-            continue
-        annotation = str(getattr(member.fget, "__annotations__", {}).get("return", ""))
-        props[name] = "Sequence[" in annotation
-    return props
-
-
-def _schema_properties(spec: dict[str, Any]) -> dict[str, bool]:
-    return {name: prop.get("type") == "array" for name, prop in (spec or {}).items()}
-
-
-def test_docker_provider_matches_sdk(
+def test_toolchain_runs_the_upstream_plugins(
     toolchain_env: dict[str, str], require_plugins: Callable[..., None]
 ) -> None:
-    require_plugins("docker")
-    import pulumi_docker
-
-    binary = find_binary("pulumi-resource-docker", toolchain_env)
-    assert binary is not None
-    proc = subprocess.run(
-        [str(binary), "--emit-schema"], capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    schema = json.loads(proc.stdout)
-
-    expected_version = json.loads(
-        (Path(pulumi_docker.__file__).parent / "pulumi-plugin.json").read_text()
-    )["version"]
-    assert schema["version"] == expected_version
-
-    for token, class_name in SDK_RESOURCES.items():
-        assert token in schema["resources"], f"{token} missing from the provider"
-        resource = schema["resources"][token]
-        args_cls = getattr(pulumi_docker, f"{class_name}Args")
-        inputs = _schema_properties(resource.get("inputProperties"))
-        assert inputs == _sdk_properties(args_cls), token
-        outputs = _schema_properties(resource.get("properties"))
-        sdk_outputs = _sdk_properties(getattr(pulumi_docker, class_name))
-        assert outputs == sdk_outputs, token
-
-    provider_inputs = _schema_properties(schema["provider"].get("inputProperties"))
-    assert provider_inputs == _sdk_properties(pulumi_docker.ProviderArgs)
-
-    # Nested input types (ContainerLabel, ContainerPort, ...): same fields as the SDK's
-    # <Name>Args classes. Function result and provider-config types have other class names.
-    checked = 0
-    for token, spec in schema["types"].items():
-        args_cls = getattr(pulumi_docker, token.rsplit(":", 1)[-1] + "Args", None)
-        if args_cls is None:
-            continue
-        checked += 1
-        assert _schema_properties(spec.get("properties")) == _sdk_properties(args_cls), token
-    assert checked >= 70, f"only {checked} nested types matched SDK classes"
+    """`pulumi about` in a project lists the upstream language host and both providers by
+    version, and nothing is picked up from $PATH (the engine would warn)."""
+    require_plugins("command", "docker")
+    pulumi = find_binary("pulumi", toolchain_env)
+    assert pulumi is not None
+    for name in ("pulumi-resource-command", "pulumi-resource-docker"):
+        assert find_binary(name, toolchain_env) is None, f"{name} must stay off $PATH"
+    with temporary_stack(
+        PROGRAM, prefix="engine-about", secret_config={"token": "unused"}, env=toolchain_env
+    ) as stack:
+        about = subprocess.run(
+            [str(pulumi), "about", "--stack", stack.name],
+            cwd=PROGRAM,
+            env=toolchain_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    listed = about.stdout
+    rows = {tuple(line.split()[:3]) for line in listed.splitlines() if line.strip()}
+    assert ("language", "python", "3.259.0") in rows, listed
+    assert ("resource", "command", "1.2.1") in rows, listed
+    assert ("resource", "docker", "5.1.0") in rows, listed
+    assert "from $PATH" not in listed + about.stderr
 
 
 def test_failed_update_raises_with_pulumi_output(toolchain_env: dict[str, str]) -> None:
@@ -243,24 +208,3 @@ def test_failed_update_raises_with_pulumi_output(toolchain_env: dict[str, str]) 
         check=True,
     )
     assert stack.name not in listed.stdout
-
-
-def test_dynamic_provider_serves_more_than_four_calls_at_once(
-    toolchain_env: dict[str, str], tmp_path: Path
-) -> None:
-    """The SDK's dynamic-provider host serves 4 calls at a time; the toolchain's
-    (tools/toolchain/dynamic_provider.py) serves more, so host steps of more than 4 hosts run
-    together instead of in batches of 4."""
-    count = 8
-    with temporary_stack(
-        PROGRAM,
-        prefix="engine-parallel",
-        config={"parts": "parallel", "parallel": str(count), "parallelDir": str(tmp_path)},
-        env=toolchain_env,
-    ) as stack:
-        stack.up()
-    spans = [tuple(map(float, f.read_text().split())) for f in tmp_path.iterdir()]
-    assert len(spans) == count
-    # Most creates running at one instant: with 4 threads it would be 4.
-    most = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
-    assert most == count, f"at most {most} of {count} dynamic creates ran at once: {spans}"

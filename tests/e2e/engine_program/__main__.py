@@ -6,9 +6,9 @@ Parts (config ``engine-check:parts``):
   plain, ``--path`` and secret configuration, and outputs.
 - ``docker``: a ``pulumi_docker.RemoteImage`` of a locally imported image and a
   ``pulumi_docker.Container`` on this machine's Docker engine (``pulumi-resource-docker``).
-- ``parallel``: ``engine-check:parallel`` independent dynamic resources whose create sleeps
-  and records its start and end under ``engine-check:parallelDir``, so a test can count how
-  many the dynamic-provider host served at once.
+- ``command``: a ``pulumi_command.local.Command`` (``pulumi-resource-command``) whose script
+  reads a secret on stdin and writes under ``engine-check:commandDir``, with a delete script,
+  so a test sees create, no-op and delete happen for real.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pulumi.dynamic import CreateResult, DiffResult, Resource, ResourceProvider
 
 config = pulumi.Config()
 parts = {p.strip() for p in (config.get("parts") or "core").split(",") if p.strip()}
-unknown = parts - {"core", "docker", "parallel"}
+unknown = parts - {"core", "docker", "command"}
 if unknown:
     raise ValueError(f"engine-check:parts has unknown part(s) {sorted(unknown)}")
 
@@ -77,11 +77,16 @@ if "docker" in parts:
     pulumi.export("imageId", image.image_id)
 
 
-if "parallel" in parts:
-    # Imported from a module, not defined here: dill pickles its provider by reference, as
-    # it does the program's components.commands providers, so the provider host must be
-    # able to import it from the project directory.
-    from nap import Nap
+if "command" in parts:
+    from pulumi_command import local
 
-    for i in range(config.require_int("parallel")):
-        Nap(f"nap-{i}", config.require("parallelDir"), 3.0)
+    marker = f"{config.require('commandDir')}/created"
+    step = local.Command(
+        "step",
+        create=f'set -euo pipefail; secret=$(cat); echo "${{#secret}}" > {marker}; echo made',
+        delete=f"rm {marker}",
+        stdin=config.require_secret("token"),
+        interpreter=["/bin/bash", "-c"],
+        add_previous_output_in_env=False,
+    )
+    pulumi.export("commandStdout", step.stdout)
