@@ -13,12 +13,18 @@ from pathlib import Path
 import pulumi
 from pulumi.runtime.config import get_config
 
-from components.containers import deployment_owner
-from components.deployment import Deployment, render_deployment
 from components.gpu_host import GpuHost, GpuHostArgs
 from components.model_weights import ModelWeights, WeightsTarget
-from components.operator_files import HostKeysNotPinned, prepare_operator_files
+from components.plan.sizing import Plan, PlanError, plan_from_settings
 from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
+from components.render.deployment import Deployment, HostDeployment, render_deployment
+from components.render.operator_files import (
+    HostKeysNotPinned,
+    OperatorFiles,
+    prepare_operator_files,
+)
+from components.resources.containers import deployment_owner
+from components.resources.steps import Bastion, HostConnection
 from components.settings import (
     CONFIG_KEYS,
     NAMESPACE,
@@ -27,7 +33,6 @@ from components.settings import (
     SettingsError,
     load_settings,
 )
-from components.sizing import Plan, PlanError, plan_from_settings
 from components.vllm_service import VllmService, VllmServiceArgs
 
 PROJECT_DIR = Path.cwd()
@@ -57,15 +62,53 @@ def operator_dir() -> Path:
     return cache / "vllm-cluster" / pulumi.get_project() / pulumi.get_stack()
 
 
-def declare(dep: Deployment, settings: Settings) -> None:
+def ssh_private_key(settings: Settings, files: OperatorFiles) -> pulumi.Output[str]:
+    """The key pulumi-command's SSH client uses, as a Pulumi secret: the same key as the
+    OpenSSH clients (ssh.private_key_file, or the secret vllm-cluster:sshPrivateKey)."""
+    if not settings.ssh.private_key_file:
+        return pulumi.Config().require_secret("sshPrivateKey")
+    try:
+        text = Path(files.private_key_file).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise pulumi.RunError(
+            f"ssh.private_key_file: cannot read {files.private_key_file} ({exc}); "
+            "point it at an OpenSSH private key file"
+        ) from None
+    return pulumi.Output.secret(text)
+
+
+def host_connection(
+    hd: HostDeployment, files: OperatorFiles, private_key: pulumi.Output[str]
+) -> HostConnection:
+    target = hd.ssh
+    bastion = None
+    if target.bastion is not None:
+        assert files.bastion_host_key is not None  # prepare_operator_files refuses otherwise
+        b = target.bastion
+        bastion = Bastion(b.address, b.user, b.port, files.bastion_host_key)
+    return HostConnection(
+        address=target.address,
+        user=target.user,
+        port=target.port,
+        host_key=files.host_keys[hd.host.name],
+        private_key=private_key,
+        bastion=bastion,
+        per_dial_timeout_s=target.connect_timeout_s,
+    )
+
+
+def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
     config = pulumi.Config()
     api_key = config.require_secret("apiKey")
     hub_token = config.get_secret("hubToken") if settings.secrets.hub_token else None
+    private_key = ssh_private_key(settings, files)
+    connections = {hd.host.name: host_connection(hd, files, private_key) for hd in dep.hosts}
 
     hosts = {
         hd.host.name: GpuHost(
             hd.host.name,
             GpuHostArgs(
+                connection=connections[hd.host.name],
                 ssh=hd.ssh,
                 image_name=settings.image.name,
                 scripts=hd.scripts,
@@ -80,6 +123,7 @@ def declare(dep: Deployment, settings: Settings) -> None:
             WeightsTarget(
                 name=hd.host.name,
                 host=hosts[hd.host.name],
+                connection=connections[hd.host.name],
                 ssh=hd.ssh,
                 verify_script=hd.weights.verify,
                 fetch_local=hd.weights.fetch_local,
@@ -180,7 +224,7 @@ def main() -> None:
     except HostKeysNotPinned as exc:
         raise pulumi.RunError(str(exc)) from None
     dep = render_deployment(settings, plan, files, PROJECT_DIR, deployment_owner())
-    declare(dep, settings)
+    declare(dep, settings, files)
 
 
 main()

@@ -1,8 +1,9 @@
 """GpuHost: one GPU server, checked, prepared and given the engine image.
 
 Children, in order on the host (independent hosts run in parallel):
-  storage (optional) -> docker install (optional) -> preflight -> image load -> RemoteImage.
-Every script is rendered by pure functions (components.host_steps); this module only wires.
+  storage (optional) -> .deb copy + docker setup (optional) -> preflight -> image load or
+  pull -> RemoteImage.
+Every script is rendered by pure functions (components.render); this module only wires.
 """
 
 from __future__ import annotations
@@ -14,32 +15,17 @@ from typing import Any
 import pulumi
 import pulumi_docker as docker
 
-from components.commands import ShellCommand
-from components.remote_check import RemoteCheck
-from components.ssh import SshTarget
-
-
-@dataclass(frozen=True)
-class HostScripts:
-    """The rendered host steps for one host (None: step not configured)."""
-
-    preflight: str
-    storage: str | None = None
-    # Runs on the operator machine: copies .deb files (when installing) and runs the docker
-    # step on the host over SSH (install, registry mirrors, docker group).
-    docker_install_local: str | None = None
-    # Runs on the operator machine: streams the image tarball to the host and loads it,
-    # skipped when the host already has the exact image ID.
-    image_load_local: str | None = None
-    # Runs on the host: pulls the image (registry or mirror) when no tarball is used.
-    image_pull: str | None = None
-    # Read-only, on every preview and up: fails when the host lost the image (removed by
-    # hand, or the host was rebuilt), so the load or pull above runs again.
-    image_present: str | None = None
+from components.render.deployment import HostScripts
+from components.render.ssh import SshTarget
+from components.resources.remote_check import RemoteCheck
+from components.resources.steps import HostConnection, local_step, remote_step
 
 
 @dataclass(frozen=True)
 class GpuHostArgs:
+    # pulumi-command's connection (host steps) and the OpenSSH view of the same host (the
+    # docker provider, the drift checks and the operator-side copies use OpenSSH).
+    connection: HostConnection
     ssh: SshTarget
     image_name: str
     scripts: HostScripts
@@ -56,6 +42,7 @@ class GpuHost(pulumi.ComponentResource):
     image_id: pulumi.Output[str]
     docker_provider: docker.Provider
     ssh: SshTarget
+    connection: HostConnection
     # Checked (and storage prepared): what the weights need. `ready` adds the image: what
     # the serving containers need.
     checked: list[pulumi.Resource]
@@ -66,37 +53,46 @@ class GpuHost(pulumi.ComponentResource):
     ) -> None:
         super().__init__("vllm-cluster:index:GpuHost", name, None, opts)
         self.ssh = args.ssh
+        self.connection = args.connection
         child = pulumi.ResourceOptions(parent=self)
         previous: list[pulumi.Resource] = []
 
-        def step(
-            role: str,
-            script: str,
-            on_host: bool = True,
-            triggers: list[pulumi.Input[Any]] | None = None,
-        ) -> ShellCommand:
-            cmd = ShellCommand(
+        def after_previous() -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=list(previous))
+
+        def on_host(role: str, script: str, triggers: list[Any] | None = None) -> pulumi.Resource:
+            cmd: pulumi.Resource = remote_step(
                 f"{name}-{role}",
-                target=args.ssh.ssh_command() if on_host else [],
-                create=script,
+                args.connection,
+                script,
                 triggers=triggers,
-                opts=pulumi.ResourceOptions.merge(
-                    child, pulumi.ResourceOptions(depends_on=list(previous))
-                ),
+                opts=after_previous(),
+            )
+            previous[:] = [cmd]
+            return cmd
+
+        def from_here(role: str, script: str, triggers: list[Any] | None = None) -> pulumi.Resource:
+            cmd: pulumi.Resource = local_step(
+                f"{name}-{role}", script, triggers=triggers, opts=after_previous()
             )
             previous[:] = [cmd]
             return cmd
 
         s = args.scripts
         if s.storage:
-            step("storage", s.storage)
-        if s.docker_install_local:
-            step("docker-install", s.docker_install_local, on_host=False)
-        preflight = step("preflight", s.preflight)
+            on_host("storage", s.storage)
+        if s.deb_copy_local:
+            from_here("deb-copy", s.deb_copy_local)
+        if s.docker_setup:
+            on_host("docker-install", s.docker_setup)
+        preflight = remote_step(
+            f"{name}-preflight", args.connection, s.preflight, opts=after_previous()
+        )
+        previous[:] = [preflight]
         self.facts = preflight.stdout.apply(_last_json_line)
         self.checked = [preflight]
 
-        triggers: list[pulumi.Input[Any]] | None = None
+        triggers: list[Any] | None = None
         if s.image_present:
             check = RemoteCheck(
                 f"{name}-image-check",
@@ -107,11 +103,9 @@ class GpuHost(pulumi.ComponentResource):
             )
             triggers = [check.generation]
         if s.image_load_local:
-            load: pulumi.Resource = step(
-                "image-load", s.image_load_local, on_host=False, triggers=triggers
-            )
+            load = from_here("image-load", s.image_load_local, triggers=triggers)
         elif s.image_pull:
-            load = step("image-pull", s.image_pull, triggers=triggers)
+            load = on_host("image-pull", s.image_pull, triggers=triggers)
         else:
             raise ValueError(f"host {name}: neither an image tarball nor a pull is configured")
 

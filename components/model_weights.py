@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.commands import ShellCommand
 from components.gpu_host import GpuHost
-from components.remote_check import RemoteCheck
-from components.ssh import SshTarget
+from components.render.ssh import SshTarget
+from components.resources.remote_check import RemoteCheck
+from components.resources.steps import HostConnection, local_step, remote_step
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class WeightsTarget:
 
     name: str
     host: GpuHost
+    # pulumi-command's connection (steps on the host) and OpenSSH's (the drift check and
+    # the operator-side copy).
+    connection: HostConnection
     ssh: SshTarget
     # Read-only: exits 0 when the weights at the path are complete.
     verify_script: str
@@ -79,18 +82,17 @@ class ModelWeights(pulumi.ComponentResource):
                     + target.verify_script
                     + "\nVLLM_CLUSTER_VERIFY\n"
                 )
-                fetch = ShellCommand(
+                fetch = local_step(
                     f"{name}-{target.name}-fetch",
-                    target=[],
-                    create=target.fetch_local + "\n" + verify_over_ssh,
+                    target.fetch_local + "\n" + verify_over_ssh,
                     triggers=[check.generation],
                     opts=child,
                 )
             elif target.fetch_remote is not None:
-                fetch = ShellCommand(
+                fetch = remote_step(
                     f"{name}-{target.name}-fetch",
-                    target=target.ssh.ssh_command(),
-                    create=target.fetch_remote + "\n" + target.verify_script,
+                    target.connection,
+                    target.fetch_remote + "\n" + target.verify_script,
                     stdin=target.fetch_stdin,
                     triggers=[check.generation],
                     opts=child,
@@ -100,10 +102,10 @@ class ModelWeights(pulumi.ComponentResource):
             if target.delete_remote:
                 # Its own resource, never replaced by the check's triggers: a replaced fetch
                 # runs its delete after the new copy exists, which must not remove weights.
-                ShellCommand(
+                remote_step(
                     f"{name}-{target.name}-remove",
-                    target=target.ssh.ssh_command(),
-                    create="true",
+                    target.connection,
+                    "true",
                     delete=target.delete_remote,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[fetch]),
                 )

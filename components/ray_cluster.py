@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.containers import ContainerSpec, engine_container
-from components.engine import (
+from components.gpu_host import GpuHost
+from components.render.engine import (
+    HEAD_CONTAINER,
+    WORKER_CONTAINER,
     EngineLaunch,
     NodeNetwork,
     RayLayout,
@@ -22,12 +24,10 @@ from components.engine import (
     ray_head_script,
     ray_worker_script,
 )
-from components.gpu_host import GpuHost
+from components.resources.containers import ContainerSpec, engine_container
 from components.vllm_service import gated_endpoint
 
-HEAD_CONTAINER = "vllm-ray-head"
 WORKER_STOP_GRACE_S = 5
-WORKER_CONTAINER = "vllm-ray-worker"
 
 
 @dataclass(frozen=True)

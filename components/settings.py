@@ -35,7 +35,7 @@ from pydantic import (
     ValidationError,
 )
 
-from components.shell.storage import FORBIDDEN_MOUNT_POINTS
+from components.render.shell.storage import FORBIDDEN_MOUNT_POINTS
 
 NAMESPACE = "vllm-cluster"
 CONFIG_KEYS = ("hosts", "ssh", "model", "image", "serving", "docker")
@@ -294,6 +294,10 @@ class Bastion(_Model):
     address: Address
     user: UnixUser = "root"
     port: Port = 22
+    host_key: Annotated[str, AfterValidator(_host_key)] | None = Field(
+        default=None,
+        description="pinned SSH host key line of the bastion (or list it in ssh.known_hosts_file)",
+    )
 
 
 class SshSettings(_Model):

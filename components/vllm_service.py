@@ -8,13 +8,17 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_docker as docker
 
-from components.commands import ShellCommand
-from components.containers import ContainerSpec, engine_container
-from components.engine import EngineLaunch, NodeNetwork, node_environment, vllm_server_argv
 from components.gpu_host import GpuHost
-from components.readiness import ReadinessGate, readiness_script
-
-SERVER_CONTAINER = "vllm-server"
+from components.render.engine import (
+    SERVER_CONTAINER,
+    EngineLaunch,
+    NodeNetwork,
+    node_environment,
+    vllm_server_argv,
+)
+from components.render.readiness import ReadinessGate, readiness_script
+from components.resources.containers import ContainerSpec, engine_container
+from components.resources.steps import remote_step
 
 
 @dataclass(frozen=True)
@@ -97,12 +101,15 @@ def gated_endpoint(
         served_model_name=launch.served_model_name,
         timeout_s=timeout_s,
     )
-    command = ShellCommand(
+    command = remote_step(
         resource_name,
-        target=host.ssh.ssh_command(),
-        create=readiness_script(gate),
+        host.connection,
+        readiness_script(gate),
         stdin=pulumi.Output.secret(api_key),
         triggers=[c.id for c in containers],
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[*containers])),
     )
-    return command.stdout.apply(lambda _: f"http://{address}:{launch.port}/v1")
+    # The gate's id is known only once it passed (its stdout is not needed, and stays out
+    # of the endpoint so no secret-ness can leak into it from the gate's stdin).
+    gate_id: pulumi.Output[str] = command.id
+    return gate_id.apply(lambda _: f"http://{address}:{launch.port}/v1")

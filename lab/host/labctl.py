@@ -56,7 +56,7 @@ NETWORK = "vllm-lab"
 SUBNET = "172.31.250.0/24"
 GATEWAY = "172.31.250.1"
 LABEL = "vllm-lab.managed"
-# What the program's serving containers carry (components/containers.py).
+# What the program's serving containers carry (components/resources/containers.py).
 SERVING_LABEL = "managed-by=vllm-cluster"
 HOST_IMAGE_REPO = "vllm-lab-host"
 PROBE_IMAGE_REPO = "vllm-lab-probe"

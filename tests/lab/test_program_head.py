@@ -1,4 +1,4 @@
-"""The program's rendered Ray head script (components.engine) in the stand-in image on a lab
+"""The program's rendered Ray head script (components.render.engine) in the stand-in image on a lab
 host: a fresh container starts Ray without `ray stop`; the same container started again (what
 the `unless-stopped` restart policy does after a crash: same filesystem, stale Ray session)
 stops the old session first and forms the cluster again."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.engine import EngineLaunch, NodeNetwork, RayLayout, ray_head_script
+from components.render.engine import EngineLaunch, NodeNetwork, RayLayout, ray_head_script
 from tests.lab import labutil as lu
 
 pytestmark = pytest.mark.lab

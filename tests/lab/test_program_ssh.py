@@ -1,4 +1,4 @@
-"""The program's own SSH options (components.ssh) against a real lab sshd: they connect with
+"""The program's own SSH options (components.render.ssh) against a real lab sshd: they connect with
 the pinned key, and bulk streams get AES-GCM rather than OpenSSH's default chacha20."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from components.ssh import SshTarget
+from components.render.ssh import SshTarget
 from tests.lab import labutil as lu
 
 pytestmark = pytest.mark.lab

@@ -10,7 +10,7 @@ from typing import Literal
 
 import pytest
 
-from components.shell import DockerSpec, docker_install
+from components.render.shell import DockerSpec, docker_install
 
 from .conftest import needs_root, needs_tools, run_script, sha256_file
 

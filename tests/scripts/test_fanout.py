@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components.shell import (
+from components.render.shell import (
     MANIFEST,
     FanoutSpec,
     SshEndpoint,

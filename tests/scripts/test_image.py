@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.shell import (
+from components.render.shell import (
     ImageLoadSpec,
     image_check,
     image_load,

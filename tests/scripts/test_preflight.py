@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from components.shell import GpuExpectation, PreflightSpec, preflight
+from components.render.shell import GpuExpectation, PreflightSpec, preflight
 
 from .conftest import needs_root, run_script, write_exe
 

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from components.readiness import ReadinessGate, readiness_script
+from components.render.readiness import ReadinessGate, readiness_script
 
 FAKE_DOCKER = """#!/bin/sh
 case "$*" in

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import pytest
 
-from components.shell import StorageSpec, storage
+from components.render.shell import StorageSpec, storage
 
 from .conftest import LoopFactory, needs_tools, run_script, sha256_file
 

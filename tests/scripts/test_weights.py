@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.shell import (
+from components.render.shell import (
     MANIFEST,
     DownloadSpec,
     weights_delete,

@@ -21,6 +21,8 @@ def reveal(value: Any) -> Any:
 
 
 DYNAMIC = "pulumi-python:dynamic:Resource"
+REMOTE = "command:remote:Command"
+LOCAL = "command:local:Command"
 
 
 @dataclass
@@ -40,10 +42,12 @@ class RecordingMocks(pulumi.runtime.Mocks):
         outputs = dict(args.inputs)
         if args.typ == "docker:index/remoteImage:RemoteImage":
             outputs["imageId"] = f"sha256:{args.name}"
-        if args.typ == DYNAMIC:
-            # ShellCommand's stdout (preflight facts are one JSON line) and RemoteCheck's
-            # generation; the real providers compute these by running scripts.
+        if args.typ in (REMOTE, LOCAL):
+            # A command's stdout (preflight facts are one JSON line); the real provider
+            # computes it by running the script.
             outputs["stdout"] = "{}"
+        if args.typ == DYNAMIC:
+            # RemoteCheck's generation; the real provider runs the check.
             outputs["generation"] = 1
         return f"{args.name}-id", outputs
 

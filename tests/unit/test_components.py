@@ -8,13 +8,15 @@ from typing import Any
 import pulumi
 import pytest
 
-from components.engine import EngineLaunch, NodeNetwork, RayLayout
-from components.gpu_host import GpuHost, GpuHostArgs, HostScripts
+from components.gpu_host import GpuHost, GpuHostArgs
 from components.model_weights import ModelWeights, WeightsTarget
 from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
-from components.ssh import SshTarget
+from components.render.deployment import HostScripts
+from components.render.engine import EngineLaunch, NodeNetwork, RayLayout
+from components.render.ssh import SshTarget
+from components.resources.steps import Bastion, HostConnection
 from components.vllm_service import VllmService, VllmServiceArgs
-from tests.unit.pulumi_mocks import DYNAMIC, RecordingMocks, is_secret, reveal
+from tests.unit.pulumi_mocks import DYNAMIC, LOCAL, REMOTE, RecordingMocks, is_secret, reveal
 
 CONTAINER = "docker:index/container:Container"
 
@@ -26,14 +28,33 @@ def mocks() -> Iterator[RecordingMocks]:
     yield m
 
 
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyOfTheTestHost"
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\ntest\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
 def ssh(address: str) -> SshTarget:
     return SshTarget(address, "root", 22, "/keys/id", "/keys/known_hosts")
+
+
+def conn(address: str, bastion: Bastion | None = None) -> HostConnection:
+    return HostConnection(address, "root", 22, HOST_KEY, PRIVATE_KEY, bastion=bastion)
+
+
+def assert_connects_to(command: Any, address: str) -> None:
+    """A remote.Command pinned to `address`'s host key, its private key a secret."""
+    assert is_secret(command.inputs["connection"]), "the connection holds the private key"
+    c = reveal(command.inputs["connection"])
+    assert (c["host"], c["user"], c["port"]) == (address, "root", 22)
+    assert c["hostKey"] == HOST_KEY
+    assert c["privateKey"] == PRIVATE_KEY
+    assert command.inputs["addPreviousOutputInEnv"] is False
 
 
 def host(name: str, address: str) -> GpuHost:
     return GpuHost(
         name,
         GpuHostArgs(
+            connection=conn(address),
             ssh=ssh(address),
             image_name="vllm/vllm-openai:v0.8.5",
             scripts=HostScripts(preflight="echo preflight", image_load_local="echo load"),
@@ -95,7 +116,9 @@ def test_single_node_service_container_and_gate(mocks: RecordingMocks) -> Any:
         assert is_secret(gate.inputs["stdin"])
         assert reveal(gate.inputs["stdin"]) == "sk-test"
         assert "sk-test" not in gate.inputs["create"]
-        assert gate.inputs["target"][0] == "ssh" and "root@10.0.0.1" in gate.inputs["target"]
+        assert gate.type_ == REMOTE
+        assert gate.inputs["create"].startswith("bash -c ")
+        assert_connects_to(gate, "10.0.0.1")
         assert gate.inputs["triggers"] == ["svc-server-id"]
 
     return settle(svc.endpoint).apply(check)
@@ -165,10 +188,13 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
             "weights",
             "/data/m",
             [
-                WeightsTarget("h1", h1, ssh("10.0.0.1"), "verify", fetch_local="rsync push"),
+                WeightsTarget(
+                    "h1", h1, conn("10.0.0.1"), ssh("10.0.0.1"), "verify", fetch_local="rsync push"
+                ),
                 WeightsTarget(
                     "h2",
                     h2,
+                    conn("10.0.0.2"),
                     ssh("10.0.0.2"),
                     "verify",
                     fetch_remote="pull from head",
@@ -181,16 +207,18 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
 
     program()  # returns once every registration has finished
     head_fetch = mocks.named("weights-h1-fetch")
-    assert head_fetch.inputs["target"] == []  # runs on the operator machine
+    assert head_fetch.type_ == LOCAL  # runs on the operator machine
+    assert head_fetch.inputs["interpreter"] == ["/bin/bash", "-c"]
     assert head_fetch.inputs["create"].startswith("rsync push")
     assert "bash -s <<'VLLM_CLUSTER_VERIFY'\nverify" in head_fetch.inputs["create"]
     assert head_fetch.inputs["triggers"] == [1]  # the check's generation
     worker_fetch = mocks.named("weights-h2-fetch")
-    assert "root@10.0.0.2" in worker_fetch.inputs["target"]
-    assert worker_fetch.inputs["create"] == "pull from head\nverify"
+    assert worker_fetch.type_ == REMOTE
+    assert_connects_to(worker_fetch, "10.0.0.2")
+    assert worker_fetch.inputs["create"] == "bash -c 'pull from head\nverify'"
     # A re-fetch replaces the fetch; removal must not ride on it.
     assert "delete" not in worker_fetch.inputs
-    assert mocks.named("weights-h2-remove").inputs["delete"] == "remove"
+    assert mocks.named("weights-h2-remove").inputs["delete"] == "bash -c remove"
     checks = sorted(r.name for r in mocks.of_type(DYNAMIC) if r.name.endswith("-check"))
     assert checks == ["weights-h1-check", "weights-h2-check"]
 
@@ -200,21 +228,25 @@ def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
     h = GpuHost(
         "h1",
         GpuHostArgs(
+            connection=conn("10.0.0.1"),
             ssh=ssh("10.0.0.1"),
             image_name="img:1",
             scripts=HostScripts(
                 preflight="pf",
                 storage="st",
-                docker_install_local="di",
+                deb_copy_local="rsync debs",
+                docker_setup="di",
                 image_pull="docker pull",
             ),
         ),
     )
 
     def check(_: Any) -> None:
-        on_host = [r.name for r in mocks.of_type(DYNAMIC) if r.inputs["target"]]
-        assert on_host == ["h1-storage", "h1-preflight", "h1-image-pull"]
-        assert mocks.named("h1-docker-install").inputs["target"] == []
+        on_host = [r.name for r in mocks.of_type(REMOTE)]
+        assert on_host == ["h1-storage", "h1-docker-install", "h1-preflight", "h1-image-pull"]
+        for name in on_host:
+            assert_connects_to(mocks.named(name), "10.0.0.1")
+        assert [r.name for r in mocks.of_type(LOCAL)] == ["h1-deb-copy"]
         image = mocks.named("h1-image")
         assert image.inputs["keepLocally"] is True
         provider = mocks.named("h1-docker")

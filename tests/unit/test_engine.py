@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from components.engine import (
+from components.render.engine import (
     EngineLaunch,
     NodeNetwork,
     RayLayout,
@@ -20,7 +20,7 @@ from components.engine import (
     ray_worker_script,
     vllm_server_argv,
 )
-from components.readiness import ReadinessGate, readiness_script
+from components.render.readiness import ReadinessGate, readiness_script
 
 LAUNCH = EngineLaunch(
     model_path="/data01/deepseek-r1",

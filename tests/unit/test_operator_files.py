@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from components.operator_files import host_key_from_known_hosts
+from components.render.operator_files import host_key_from_known_hosts
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAA"
 KEY_B = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAB"

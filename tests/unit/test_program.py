@@ -19,7 +19,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from tests.unit.pulumi_mocks import RecordingMocks, reveal
+from tests.unit.pulumi_mocks import RecordingMocks, is_secret, reveal
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = {
@@ -131,10 +131,40 @@ def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
     for container in (head, worker):
         labels = {lbl["label"]: lbl["value"] for lbl in container.inputs["labels"]}
         assert labels["vllm-cluster.stack"] == "vllm-cluster/t"
-    # Every SSH client pins the host keys from ssh.known_hosts_file.
-    target = mocks.named("n1-preflight").inputs["target"]
-    assert "StrictHostKeyChecking=yes" in target
-    assert f"UserKnownHostsFile={project / 'known_hosts'}" in target
+    # Every SSH client pins the host keys from ssh.known_hosts_file: pulumi-command's
+    # connection (with the key file's contents as a secret) and OpenSSH's (checks, copies).
+    for index, name in enumerate(("n1", "n2")):
+        step = mocks.named(f"{name}-preflight")
+        assert step.type_ == "command:remote:Command"
+        assert is_secret(step.inputs["connection"])
+        connection = reveal(step.inputs["connection"])
+        assert connection["host"] == f"10.9.0.{index + 1}"
+        assert connection["hostKey"] == HOST_KEY
+        assert connection["privateKey"] == (project / "id_test").read_text()
+        assert "proxy" not in connection
+    check_argv = mocks.named("n1-image-check").inputs["ssh_argv"]
+    assert "StrictHostKeyChecking=yes" in check_argv
+    assert f"UserKnownHostsFile={project / 'known_hosts'}" in check_argv
+    load = mocks.named("n1-image-load").inputs["create"]
+    assert f"UserKnownHostsFile={project / 'known_hosts'}" in load
+
+
+def test_bastion_is_pinned_for_every_client(project: Path) -> None:
+    config = write_project(project, hosts=1)
+    bastion_key = HOST_KEY.replace("Blah", "Bast")
+    config["ssh"]["bastion"] = {"address": "10.9.9.9", "user": "jump", "host_key": bastion_key}
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    proxy = reveal(mocks.named("n1-preflight").inputs["connection"])["proxy"]
+    assert (proxy["host"], proxy["user"], proxy["port"]) == ("10.9.9.9", "jump", 22)
+    assert proxy["hostKey"] == bastion_key
+    assert reveal(proxy["privateKey"]) == (project / "id_test").read_text()
+
+
+def test_unpinned_bastion_is_refused_by_key(project: Path) -> None:
+    config = write_project(project, hosts=1)
+    config["ssh"]["bastion"] = {"address": "10.9.9.9"}
+    with pytest.raises(Exception, match=r"ssh\.bastion\.host_key: no pinned host key"):
+        run_program(config, {"apiKey": "sk-lab"})
 
 
 def test_one_host_goes_through_vllm_service_alone(project: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import components.shell as shell
-from components.shell._common import check_abs_path, check_name, heredoc, q, render
+import components.render.shell as shell
+from components.render.shell._common import check_abs_path, check_name, heredoc, q, render
 
 HOSTILE = 'a\'b; touch {marker}; echo $(touch {marker}) `touch {marker}` "x" \\ $HOME'
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 
-from components.shell import (
+from components.render.shell import (
     FanoutSpec,
     SshEndpoint,
     fanout_driver,

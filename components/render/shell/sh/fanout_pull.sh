@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (fanout_pull): included after the variables set by components/shell; not run alone.
+# Fragment (fanout_pull): included after the variables set by components/render/shell; not run alone.
 command -v rsync >/dev/null 2>&1 || die "rsync not found. Fix: install rsync on every node"
 [ -s "$KDIR/id_ed25519" ] || die "no temporary key in $KDIR. Fix: run the keygen step first"
 : >"$KDIR/known_hosts"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
-from components.shell import OWNER_LABEL
+from components.render.shell import OWNER_LABEL
 
 
 def deployment_owner() -> str:

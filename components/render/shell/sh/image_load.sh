@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (image_load): included after the variables set by components/shell; not run alone.
+# Fragment (image_load): included after the variables set by components/render/shell; not run alone.
 command -v docker >/dev/null 2>&1 || die "docker not found. Fix: run the docker step first (docker.install)"
 current() { docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 HAVE=$(current "$IMAGE")

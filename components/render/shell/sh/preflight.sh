@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (preflight): included after the variables set by components/shell; not run alone.
+# Fragment (preflight): included after the variables set by components/render/shell; not run alone.
 PROBLEMS=()
 problem() { PROBLEMS+=("$1. Fix: $2"); }
 warn() { printf 'preflight %s: warning: %s\n' "$HOST" "$*" >&2; }

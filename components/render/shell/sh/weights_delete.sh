@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (weights_delete): included after the variables set by components/shell; not run alone.
+# Fragment (weights_delete): included after the variables set by components/render/shell; not run alone.
 # Defence in depth: the renderer already refused such paths; the host re-checks the *real*
 # path (a symlink could point anywhere) before anything is removed.
 if [ ! -e "$WPATH" ] && [ ! -L "$WPATH" ]; then

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (fanout_driver): included after the variables set by components/shell; not run alone.
+# Fragment (fanout_driver): included after the variables set by components/render/shell; not run alone.
 manifest_sha() { sed -n 's/.*"manifest_sha256": *"\([0-9a-f]*\)".*/\1/p'; }
 SRC_SUM=$("${SSH_SRC[@]}" "$R_VERIFY_SRC" </dev/null) \
   || die "the weights on $SOURCE_NAME are not complete; fan-out copies only verified weights. Fix: complete them on $SOURCE_NAME first"

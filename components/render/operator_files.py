@@ -1,11 +1,13 @@
 """Files on the operator machine that every SSH client of the program needs.
 
-All clients (ShellCommand, the docker provider's ssh:// helper, rsync) are OpenSSH, which
-wants the private key as a file and the pinned host keys as a known_hosts file. This module
-produces both from the settings: the key file as configured (or written 0600 from the
-`sshPrivateKey` secret into the operator's own per-stack directory, never the project or the
-state) and a known_hosts file pinning every host (from `hosts[].host_key` and/or
-`ssh.known_hosts_file`). A host without a pinned key is refused.
+The operator-side clients (the docker provider's ssh:// helper, rsync, the image stream, the
+drift checks) are OpenSSH, which wants the private key as a file and the pinned host keys as
+a known_hosts file. This module produces both from the settings: the key file as configured
+(or written 0600 from the `sshPrivateKey` secret into the operator's own per-stack
+directory, never the project or the state) and a known_hosts file pinning every host (from
+`hosts[].host_key` and/or `ssh.known_hosts_file`). A host without a pinned key is refused,
+and so is an unpinned `ssh.bastion`. The same pinned keys go to pulumi-command's
+connections (`OperatorFiles.host_keys`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ class OperatorFiles:
 
     private_key_file: str
     known_hosts_file: str
-    # host name -> pinned key (`<type> <base64>`), as written to known_hosts_file
+    # host name -> pinned key (`<type> <base64>`), as written to known_hosts_file; the
+    # same keys pin pulumi-command's connections (`connection.host_key`)
     host_keys: dict[str, str]
+    # the bastion's pinned key, when ssh.bastion is set
+    bastion_host_key: str | None = None
 
 
 def host_key_from_known_hosts(text: str, address: str, port: int) -> str | None:
@@ -90,6 +95,18 @@ def prepare_operator_files(
                 f"(ssh-keyscan -t ed25519 {host.address}) or list the host in "
                 "ssh.known_hosts_file"
             )
+    bastion = settings.ssh.bastion
+    bastion_key = None
+    if bastion is not None:
+        bastion_key = bastion.host_key or host_key_from_known_hosts(
+            known_text, bastion.address, bastion.port
+        )
+        if not bastion_key:
+            unpinned.append(
+                f"ssh.bastion.host_key: no pinned host key for the bastion {bastion.address}; "
+                f"set it (ssh-keyscan -t ed25519 {bastion.address}) or list the bastion in "
+                "ssh.known_hosts_file"
+            )
     if unpinned:
         raise HostKeysNotPinned("host keys must be pinned:\n  - " + "\n  - ".join(unpinned))
     if known_path is not None and all(h.host_key is None for h in settings.hosts):
@@ -98,4 +115,4 @@ def prepare_operator_files(
         known_file = stack_dir / "known_hosts"
         stack_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         known_file.write_text(known_hosts_text(settings.hosts, keys))
-    return OperatorFiles(str(key_path), str(known_file), keys)
+    return OperatorFiles(str(key_path), str(known_file), keys, bastion_key)

@@ -12,13 +12,18 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.engine import EngineLaunch, NodeNetwork, RayLayout
-from components.gpu_host import HostScripts
-from components.operator_files import OperatorFiles
-from components.ray_cluster import HEAD_CONTAINER, WORKER_CONTAINER
-from components.settings import Host, Settings
-from components.shell import MANIFEST as WEIGHTS_MANIFEST
-from components.shell import (
+from components.plan.sizing import Plan
+from components.render.engine import (
+    HEAD_CONTAINER,
+    SERVER_CONTAINER,
+    WORKER_CONTAINER,
+    EngineLaunch,
+    NodeNetwork,
+    RayLayout,
+)
+from components.render.operator_files import OperatorFiles
+from components.render.shell import MANIFEST as WEIGHTS_MANIFEST
+from components.render.shell import (
     DockerSpec,
     DownloadSpec,
     FanoutSpec,
@@ -40,15 +45,35 @@ from components.shell import (
     weights_ensure_dir,
     weights_verify,
 )
-from components.sizing import Plan
-from components.ssh import Bastion, SshTarget
-from components.vllm_service import SERVER_CONTAINER
+from components.render.ssh import Bastion, SshTarget
+from components.settings import Host, Settings
 
 OWN_CONTAINERS = (SERVER_CONTAINER, HEAD_CONTAINER, WORKER_CONTAINER)
-# Where .deb files are copied before a Docker install (components.shell.DockerSpec default).
+# Where .deb files are copied before a Docker install (components.render.shell.DockerSpec default).
 REMOTE_DEB_DIR = "/var/tmp/vllm-cluster/debs"
 # With --ipc host the engine uses the host's /dev/shm; NCCL needs more than Docker's 64 MB.
 MIN_HOST_SHM_BYTES = 1024**3
+
+
+@dataclass(frozen=True)
+class HostScripts:
+    """The rendered host steps for one host (None: step not configured)."""
+
+    preflight: str
+    storage: str | None = None
+    # Runs on the operator machine: copies the .deb files to the host (docker.deb_dir).
+    deb_copy_local: str | None = None
+    # Runs on the host: installs Docker from those files, merges registry mirrors, adds the
+    # docker group user.
+    docker_setup: str | None = None
+    # Runs on the operator machine: streams the image tarball to the host and loads it,
+    # skipped when the host already has the exact image ID.
+    image_load_local: str | None = None
+    # Runs on the host: pulls the image (registry or mirror) when no tarball is used.
+    image_pull: str | None = None
+    # Read-only, on every preview and up: fails when the host lost the image (removed by
+    # hand, or the host was rebuilt), so the load or pull above runs again.
+    image_present: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,24 +172,34 @@ echo "[{host}] image: loaded in $((SECONDS - start))s" >&2
 """
 
 
-def _docker_local(settings: Settings, host: Host, target: SshTarget, base: Path) -> str | None:
+def _deb_copy_local(settings: Settings, target: SshTarget, base: Path) -> str | None:
+    """Operator-side: copy docker.deb_dir to the host, when Docker is installed from .debs."""
+    d = settings.docker
+    if not (d.install and d.deb_dir):
+        return None
+    deb_dir = str((base / d.deb_dir).resolve())
+    lines = [
+        "set -euo pipefail",
+        run_over_ssh(target, f"mkdir -p {REMOTE_DEB_DIR}").rstrip(),
+        shlex.join(rsync_argv(deb_dir, target.endpoint(), REMOTE_DEB_DIR)) + " >&2",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _docker_setup(settings: Settings, host: Host) -> str | None:
+    """On the host: install Docker (from the copied .debs), registry mirrors, docker group."""
     d = settings.docker
     if not (d.install or d.registry_mirrors or d.docker_group_user):
         return None
-    lines = ["set -euo pipefail"]
-    if d.install and d.deb_dir:
-        deb_dir = str((base / d.deb_dir).resolve())
-        lines.append(run_over_ssh(target, f"mkdir -p {REMOTE_DEB_DIR}"))
-        lines.append(shlex.join(rsync_argv(deb_dir, target.endpoint(), REMOTE_DEB_DIR)))
-    spec = DockerSpec(
-        host=host.name,
-        install=d.install,
-        deb_dir=REMOTE_DEB_DIR,
-        registry_mirrors=tuple(d.registry_mirrors),
-        group_user=d.docker_group_user,
+    return docker_install(
+        DockerSpec(
+            host=host.name,
+            install=d.install,
+            deb_dir=REMOTE_DEB_DIR,
+            registry_mirrors=tuple(d.registry_mirrors),
+            group_user=d.docker_group_user,
+        )
     )
-    lines.append(run_over_ssh(target, docker_install(spec)))
-    return "\n".join(lines) + "\n"
 
 
 def _local_manifest_push(settings: Settings, target: SshTarget, base: Path) -> str:
@@ -280,7 +315,8 @@ def render_deployment(
             )
             if host.storage
             else None,
-            docker_install_local=_docker_local(settings, host, target, base_dir),
+            deb_copy_local=_deb_copy_local(settings, target, base_dir),
+            docker_setup=_docker_setup(settings, host),
             image_load_local=image_stream_load(target, host.name, image.name, image_id, tarball)
             if tarball and image_id
             else None,

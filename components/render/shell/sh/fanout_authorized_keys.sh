@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (fanout_authorized_keys): included after the variables set by components/shell; not run alone.
+# Fragment (fanout_authorized_keys): included after the variables set by components/render/shell; not run alone.
 if [ -z "$AK" ]; then
   home=$(getent passwd "$SRC_USER" | cut -d: -f6)
   [ -n "$home" ] || die "user $SRC_USER does not exist on this host"

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from components.model_config import ModelConfig, Quantization
+from components.plan.model_config import ModelConfig, Quantization
 
 Shard = Literal["col", "row", "kv", "vocab", "rep"]
 # linear: stored per the quantization scheme; dense: model dtype; fp32: always 4 bytes.

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (weights_download): included after the variables set by components/shell; not run alone.
+# Fragment (weights_download): included after the variables set by components/render/shell; not run alone.
 # The token first, before any other command could read standard input: from stdin or a
 # 0600 file, into this shell's memory only.
 TOKEN=""

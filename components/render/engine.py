@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
+# The engine containers' names on every host: one server (one node), or a Ray head and a
+# Ray worker per host. Fixed names: preflight checks who owns them before anything changes.
+SERVER_CONTAINER = "vllm-server"
+HEAD_CONTAINER = "vllm-ray-head"
+WORKER_CONTAINER = "vllm-ray-worker"
+
+
 @dataclass(frozen=True)
 class EngineLaunch:
     """Everything vLLM's OpenAI server needs, decided by the settings and the plan."""

@@ -39,7 +39,7 @@ def prelude(host: str, step: str) -> str:
     return "\n".join(
         [
             "set -euo pipefail",
-            f"# vllm-cluster {re.sub(r'[^a-z0-9-]', '-', step)} step (components.shell).",
+            f"# vllm-cluster {re.sub(r'[^a-z0-9-]', '-', step)} step (components.render.shell).",
             # Non-login SSH sessions of non-root users often lack the sbin directories where
             # blkid, mkfs, losetup, ip and ss live. Appending keeps anything earlier on PATH
             # (site tools, test doubles) in front.
@@ -131,6 +131,6 @@ _SH_DIR = Path(__file__).with_name("sh")
 
 @functools.cache
 def fragment(name: str) -> str:
-    """A bash fragment from ``components/shell/sh/<name>.sh`` (kept as files so they can be
+    """A bash fragment from ``components/render/shell/sh/<name>.sh`` (kept as files so they can be
     read and linted as shell; they use variables the renderer assigns before them)."""
     return (_SH_DIR / f"{name}.sh").read_text(encoding="utf-8")

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (storage): included after the variables set by components/shell; not run alone.
+# Fragment (storage): included after the variables set by components/render/shell; not run alone.
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found. Fix: install $2"; }
 need blkid util-linux; need lsblk util-linux; need wipefs util-linux; need partx util-linux
 need mountpoint util-linux; need blockdev util-linux

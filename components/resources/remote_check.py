@@ -1,7 +1,9 @@
 """RemoteCheck: a resource that notices drift on a host that plain commands cannot see.
 
-A command resource runs when its inputs change and never looks again, so a weight
-file deleted on a host after `pulumi up` would stay missing forever. A RemoteCheck runs a
+Why a dynamic resource and not pulumi-command: a `remote.Command` runs when its inputs
+change and never looks again, and pulumi-command has no read, so `pulumi refresh` cannot
+see drift either (pulumi-command issue 20, open). A weight file deleted on a host after
+`pulumi up` would stay missing forever. A RemoteCheck runs a
 read-only check script over SSH in `diff` (on every preview and up): when the check fails it
 reports a change, its `generation` output goes up, and the commands that list that output in
 their `triggers` run again. When everything is in place it costs one SSH round trip and
@@ -10,6 +12,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import pulumi
@@ -22,18 +25,23 @@ from pulumi.dynamic import (
     UpdateResult,
 )
 
-from components.commands import run_script
+from components.render.shell import remote_command
 
 CHECK_TIMEOUT_S = 120
 
 
-def run_check(ssh_argv: list[str], script: str) -> bool:
-    """Run the read-only `script` on the host behind `ssh_argv`: did it pass?"""
+def run_check(ssh_argv: list[str], script: str, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
+    """Run the read-only `script` with bash on the host behind the OpenSSH argv `ssh_argv`
+    (locally when it is empty): did it exit 0 within `timeout_s`? An unreachable host
+    fails the check too, so the guarded steps run (and say why they cannot)."""
+    argv = [*ssh_argv, remote_command(script)] if ssh_argv else ["bash", "-c", script]
     try:
-        run_script(ssh_argv, script, None, "check", timeout_s=CHECK_TIMEOUT_S, quiet=True)
-    except (OSError, RuntimeError):
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
         return False
-    return True
+    return done.returncode == 0
 
 
 class RemoteCheckProvider(ResourceProvider):

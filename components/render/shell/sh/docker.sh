@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (docker): included after the variables set by components/shell; not run alone.
+# Fragment (docker): included after the variables set by components/render/shell; not run alone.
 has_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 wait_daemon() {
   for _ in $(seq 1 30); do docker version >/dev/null 2>&1 && return 0; sleep 1; done

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (fanout_keygen): included after the variables set by components/shell; not run alone.
+# Fragment (fanout_keygen): included after the variables set by components/render/shell; not run alone.
 command -v ssh-keygen >/dev/null 2>&1 || die "ssh-keygen not found. Fix: install openssh-client"
 umask 077
 mkdir -p -- "$KDIR"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Fragment (fanout_grant): included after the variables set by components/shell and the
+# Fragment (fanout_grant): included after the variables set by components/render/shell and the
 # fanout_authorized_keys fragment; not run alone.
 IFS= read -r PUB || true
 [[ "$PUB" =~ ^ssh-ed25519\ [A-Za-z0-9+/=]+($|\ ) ]] \

@@ -3,14 +3,14 @@
 Every client of the program talks to hosts with the OpenSSH client: the command resources,
 the docker provider (docker's ssh:// helper), rsync and the drift checks. One `SshTarget`
 renders their options, so the host key pin, port and bastion can never disagree between
-them. The options come from components.shell.weights.ssh_options (pinned, no prompts).
+them. The options come from components.render.shell.weights.ssh_options (pinned, no prompts).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from components.shell.weights import SshEndpoint, ssh_options
+from components.render.shell.weights import SshEndpoint, ssh_options
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""4. How one resource is declared: host steps, engine containers, drift checks."""
