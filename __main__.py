@@ -33,7 +33,7 @@ from components.settings import (
     SettingsError,
     load_settings,
 )
-from components.vllm_service import VllmService, VllmServiceArgs
+from components.vllm_service import HeadlessNode, VllmService, VllmServiceArgs
 
 PROJECT_DIR = Path.cwd()
 
@@ -136,7 +136,9 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
         ],
     )
     s = settings.serving
+    infiniband = s.infiniband.enabled
     if dep.layout is None:
+        # One node, or several through vLLM's own multi-node launcher (mp backend).
         service = VllmService(
             "serving",
             VllmServiceArgs(
@@ -149,6 +151,12 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
                 ipc_host=s.ipc_host,
                 shm_size_gib=int(s.shm_size_gib),
                 depends_on=tuple(weights.ready),
+                multi_node=dep.multi_node,
+                headless=tuple(
+                    HeadlessNode(hd.host.name, hosts[hd.host.name], hd.node) for hd in dep.hosts[1:]
+                ),
+                privileged=infiniband,
+                devices=("/dev/infiniband",) if infiniband else (),
             ),
         )
         endpoint = service.endpoint
@@ -166,8 +174,8 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
                 extra_env=dict(s.extra_env),
                 ipc_host=s.ipc_host,
                 shm_size_gib=int(s.shm_size_gib),
-                privileged=s.infiniband.enabled,
-                devices=("/dev/infiniband",) if s.infiniband.enabled else (),
+                privileged=infiniband,
+                devices=("/dev/infiniband",) if infiniband else (),
                 depends_on=tuple(weights.ready),
             ),
         )

@@ -2,7 +2,7 @@
 
 Children, in order on the host (independent hosts run in parallel):
   storage (optional) -> .deb copy + docker setup (optional) -> preflight -> image load or
-  pull -> RemoteImage.
+  pull -> image fit check (optional: can the image do what the settings ask) -> RemoteImage.
 Every script is rendered by pure functions (components.render); this module only wires.
 """
 
@@ -60,8 +60,10 @@ class GpuHost(pulumi.ComponentResource):
         def after_previous() -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=list(previous))
 
-        def on_host(role: str, script: str, triggers: list[Any] | None = None) -> pulumi.Resource:
-            cmd: pulumi.Resource = remote_step(
+        def on_host(
+            role: str, script: str, triggers: list[Any] | None = None
+        ) -> pulumi.CustomResource:
+            cmd: pulumi.CustomResource = remote_step(
                 f"{name}-{role}",
                 args.connection,
                 script,
@@ -71,8 +73,10 @@ class GpuHost(pulumi.ComponentResource):
             previous[:] = [cmd]
             return cmd
 
-        def from_here(role: str, script: str, triggers: list[Any] | None = None) -> pulumi.Resource:
-            cmd: pulumi.Resource = local_step(
+        def from_here(
+            role: str, script: str, triggers: list[Any] | None = None
+        ) -> pulumi.CustomResource:
+            cmd: pulumi.CustomResource = local_step(
                 f"{name}-{role}", script, triggers=triggers, opts=after_previous()
             )
             previous[:] = [cmd]
@@ -108,6 +112,7 @@ class GpuHost(pulumi.ComponentResource):
             load = on_host("image-pull", s.image_pull, triggers=triggers)
         else:
             raise ValueError(f"host {name}: neither an image tarball nor a pull is configured")
+        fit = on_host("image-fit", s.image_fit, triggers=[load.id]) if s.image_fit else None
 
         self.docker_provider = docker.Provider(
             f"{name}-docker",
@@ -129,7 +134,7 @@ class GpuHost(pulumi.ComponentResource):
             ),
         )
         self.image_id = image.image_id
-        self.ready = [image, load]
+        self.ready = [image, load, *([fit] if fit else [])]
         self.register_outputs({"facts": self.facts, "image_id": self.image_id})
 
 

@@ -418,6 +418,15 @@ class ServingSettings(_Model):
     shm_size_gib: float = Field(default=16, gt=0, le=1024)
     ready_timeout_s: int | None = Field(default=None, ge=30)
     reserve_gib: float | None = Field(default=None, ge=0, le=1024)
+    # How several nodes serve one model. mp: vLLM's own launcher (--nnodes/--node-rank/
+    # --master-addr, no Ray: what current vLLM images support; the official image has no
+    # Ray since v0.18). ray: a Ray cluster (images that carry Ray, like the manual's).
+    distributed_backend: Literal["mp", "ray"] = Field(
+        default="mp", description="mp (vLLM's own multi-node launcher) or ray"
+    )
+    master_port: Port = Field(
+        default=29501, description="rank 0's port for the mp backend's rendezvous (vLLM's default)"
+    )
     ray_port: Port = 6379
 
     @property
@@ -850,6 +859,19 @@ def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Probl
     return out
 
 
+def _port_checks(serving: ServingSettings) -> list[Problem]:
+    """Ports of one head host that must differ, compared after type coercion."""
+    if serving.distributed_backend != "mp" or serving.master_port != serving.port:
+        return []
+    return [
+        Problem(
+            "serving.master_port",
+            f"{serving.master_port} is also serving.port; rank 0's rendezvous and the API "
+            "server need different ports",
+        )
+    ]
+
+
 _SECTIONS = (*CONFIG_KEYS, NAMESPACE)
 
 
@@ -946,6 +968,8 @@ def load_settings(
     except ValidationError as exc:
         problems += _from_pydantic(exc)
     problems += _cross_checks(data, secrets)
+    if settings is not None:
+        problems += _port_checks(settings.serving)
     if settings is not None and base_dir is not None:
         problems += _file_checks(settings, Path(base_dir))
     if problems or settings is None:

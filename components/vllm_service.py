@@ -1,4 +1,11 @@
-"""VllmService: the OpenAI API server on one node, gated on real readiness."""
+"""VllmService: vLLM serving on one node, or on several through vLLM's own multi-node
+launcher (the mp backend: no Ray), gated on real readiness.
+
+One node: the OpenAI API server. Several: the same `vllm serve` on every node, rank 0 on the
+head serves the API and names any node that has not joined; the other ranks run headless.
+Headless containers carry rank 0's container ID as a label, so replacing rank 0 (any
+serving change) replaces them too instead of leaving them attached to a dead rendezvous.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +17,31 @@ import pulumi_docker as docker
 
 from components.gpu_host import GpuHost
 from components.render.engine import (
+    HEADLESS_CONTAINER,
     SERVER_CONTAINER,
     EngineLaunch,
+    MultiNodeLayout,
     NodeNetwork,
+    multi_node_head_script,
     node_environment,
+    vllm_serve_argv,
     vllm_server_argv,
 )
 from components.render.readiness import ReadinessGate, readiness_script
 from components.resources.containers import ContainerSpec, engine_container
 from components.resources.steps import remote_step
+
+# Seconds from SIGTERM to SIGKILL: rank 0 serves requests and frees the GPUs; a headless
+# rank is stopped after rank 0 on destroy and has nothing to finish.
+SERVER_STOP_GRACE_S = 30
+HEADLESS_STOP_GRACE_S = 5
+
+
+@dataclass(frozen=True)
+class HeadlessNode:
+    name: str
+    host: GpuHost
+    node: NodeNetwork
 
 
 @dataclass(frozen=True)
@@ -33,6 +56,11 @@ class VllmServiceArgs:
     ipc_host: bool = True
     shm_size_gib: int = 16
     depends_on: tuple[pulumi.Resource, ...] = ()
+    # vLLM's own multi-node launcher: the layout (rank order) and every node but rank 0.
+    multi_node: MultiNodeLayout | None = None
+    headless: tuple[HeadlessNode, ...] = ()
+    privileged: bool = False
+    devices: tuple[str, ...] = ()
 
 
 class VllmService(pulumi.ComponentResource):
@@ -44,27 +72,80 @@ class VllmService(pulumi.ComponentResource):
         self, name: str, args: VllmServiceArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("vllm-cluster:index:VllmService", name, None, opts)
-        argv = vllm_server_argv(args.launch)
-        spec = ContainerSpec(
-            container_name=SERVER_CONTAINER,
-            entrypoint=argv[:1],
-            command=argv[1:],
-            env=node_environment(args.node, args.extra_env),
-            model_path=args.launch.model_path,
-            ipc_host=args.ipc_host,
-            shm_size_gib=args.shm_size_gib,
-        )
-        container = engine_container(
+        layout = args.multi_node
+        if (layout is None) != (not args.headless):
+            raise ValueError("VllmService: headless nodes need a multi-node layout, and back")
+
+        def spec(
+            node: NodeNetwork,
+            container: str,
+            entrypoint: list[str],
+            command: list[str],
+            labels: dict[str, pulumi.Input[str]],
+            stop_grace_s: int,
+        ) -> ContainerSpec:
+            return ContainerSpec(
+                container_name=container,
+                entrypoint=entrypoint,
+                command=command,
+                env=node_environment(node, args.extra_env),
+                model_path=args.launch.model_path,
+                ipc_host=args.ipc_host,
+                shm_size_gib=args.shm_size_gib,
+                privileged=args.privileged,
+                devices=args.devices,
+                labels=labels,
+                stop_grace_s=stop_grace_s,
+            )
+
+        if layout is None:
+            argv = vllm_server_argv(args.launch)
+            server_spec = spec(args.node, SERVER_CONTAINER, argv[:1], argv[1:], {}, 30)
+        else:
+            server_spec = spec(
+                args.node,
+                SERVER_CONTAINER,
+                ["bash"],
+                ["-c", multi_node_head_script(args.launch, layout)],
+                {"vllm-cluster.role": "rank-0"},
+                SERVER_STOP_GRACE_S,
+            )
+        every_host_ready = [
+            r for h in (args.host, *(n.host for n in args.headless)) for r in h.ready
+        ]
+        server = engine_container(
             f"{name}-server",
-            spec,
+            server_spec,
             args.host.image_id,
             args.api_key,
             pulumi.ResourceOptions(
                 parent=self,
                 provider=args.host.docker_provider,
-                depends_on=[*args.host.ready, *args.depends_on],
+                depends_on=[*every_host_ready, *args.depends_on],
             ),
         )
+        headless = []
+        for rank, n in enumerate(args.headless, start=1):
+            assert layout is not None
+            argv = vllm_serve_argv(args.launch, layout, rank)
+            headless.append(
+                engine_container(
+                    f"{name}-headless-{n.name}",
+                    spec(
+                        n.node,
+                        HEADLESS_CONTAINER,
+                        argv[:1],
+                        argv[1:],
+                        {"vllm-cluster.role": f"rank-{rank}", "vllm-cluster.head": server.id},
+                        HEADLESS_STOP_GRACE_S,
+                    ),
+                    n.host.image_id,
+                    None,  # headless ranks never serve HTTP, so they never hold the API key
+                    pulumi.ResourceOptions(
+                        parent=self, provider=n.host.docker_provider, depends_on=[server]
+                    ),
+                )
+            )
         self.endpoint = gated_endpoint(
             f"{name}-ready",
             args.host,
@@ -73,7 +154,7 @@ class VllmService(pulumi.ComponentResource):
             args.launch,
             args.ready_timeout_s,
             args.api_key,
-            [container],
+            [server, *headless],
             pulumi.ResourceOptions(parent=self),
         )
         self.register_outputs({"endpoint": self.endpoint})

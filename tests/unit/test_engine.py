@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from components.render.engine import (
     EngineLaunch,
+    MultiNodeLayout,
     NodeNetwork,
     RayLayout,
+    multi_node_head_script,
     node_environment,
     ray_head_script,
     ray_head_start_argv,
     ray_wait_argv,
     ray_worker_argv,
     ray_worker_script,
+    vllm_serve_argv,
     vllm_server_argv,
 )
 from components.render.readiness import ReadinessGate, readiness_script
@@ -172,3 +178,99 @@ def test_worker_script_gives_up_when_the_head_never_answers() -> None:
     proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "ray head 127.0.0.1:9 not reachable after 1s" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# vLLM's own multi-node launcher (mp backend)
+
+
+def mp_layout(timeout_s: int = 600) -> MultiNodeLayout:
+    return MultiNodeLayout(
+        master_address="10.0.0.1",
+        master_port=29500,
+        nodes=(("h1", "10.0.0.1"), ("h2", "10.0.0.2"), ("h3", "10.0.0.3")),
+        join_timeout_s=timeout_s,
+    )
+
+
+def test_vllm_serve_is_the_same_on_every_node_but_rank_and_headless() -> None:
+    launch = EngineLaunch(
+        model_path="/data/m",
+        served_model_name="m",
+        tensor_parallel_size=2,
+        pipeline_parallel_size=3,
+        max_model_len=2048,
+        max_num_seqs=8,
+        gpu_memory_utilization=0.9,
+        distributed_executor_backend="mp",
+        extra_args=("--enforce-eager",),
+    )
+    argvs = [vllm_serve_argv(launch, mp_layout(), rank) for rank in range(3)]
+    for rank, argv in enumerate(argvs):
+        assert argv[:3] == ["vllm", "serve", "/data/m"]
+        flags = argv[3:]
+        assert flags[flags.index("--node-rank") + 1] == str(rank)
+        assert flags[flags.index("--nnodes") + 1] == "3"
+        assert flags[flags.index("--master-addr") + 1] == "10.0.0.1"
+        assert flags[flags.index("--master-port") + 1] == "29500"
+        assert flags[flags.index("--distributed-executor-backend") + 1] == "mp"
+        assert ("--headless" in flags) is (rank > 0)
+        assert "--model" not in flags  # positional with `vllm serve`
+        assert "--enforce-eager" in flags
+    without_rank = [[a for a in argv if a not in ("0", "1", "2", "--headless")] for argv in argvs]
+    assert without_rank[0] == without_rank[1] == without_rank[2]
+
+
+def watcher_argv(script: str) -> list[str]:
+    """The background command of a head script: between its first line and `exec`."""
+    body = script.split("\n", 1)[1].rsplit("\nexec ", 1)[0]
+    assert body.endswith(" &"), body[-200:]
+    return shlex.split(body[:-2])
+
+
+def run_watcher(script: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """The join watcher line of a rendered head script, run here with python3."""
+    argv = watcher_argv(script)
+    assert argv[:2] == ["python3", "-c"]
+    return subprocess.run(
+        [sys.executable, *argv[1:]], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_head_watcher_names_joined_and_missing_nodes_from_the_socket_table() -> None:
+    """Real sockets: a peer connected to the master port from 127.0.0.1 has joined; a node
+    at another address never does, and is named once the join timeout has passed."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    launch = EngineLaunch("/data/m", "m", 1, 2, 256, 4, 0.9)
+    try:
+        joined = MultiNodeLayout("127.0.0.1", port, (("h1", "x"), ("h2", "127.0.0.1")), 600)
+        done = run_watcher(multi_node_head_script(launch, joined))
+        assert done.returncode == 0, done.stderr
+        assert f"h2 (127.0.0.1) joined rank 0's rendezvous on port {port}" in done.stdout
+        assert "all 2 nodes joined" in done.stdout
+        missing = MultiNodeLayout(
+            "127.0.0.1", port, (("h1", "x"), ("h2", "127.0.0.1"), ("h3", "10.255.0.3")), 0
+        )
+        with pytest.raises(subprocess.TimeoutExpired) as waiting:
+            run_watcher(multi_node_head_script(launch, missing), timeout=3)
+        captured = waiting.value.stderr or ""
+        stderr = captured.decode() if isinstance(captured, bytes) else captured
+        assert "still waiting after 0s for h3 (10.255.0.3): no connection to port" in stderr
+    finally:
+        client.close()
+        server.close()
+
+
+def test_head_script_watches_in_the_background_and_execs_rank_0() -> None:
+    launch = EngineLaunch("/data/m", "m", 2, 1, 256, 4, 0.9, distributed_executor_backend="mp")
+    script = multi_node_head_script(launch, mp_layout())
+    assert script.startswith("set -euo pipefail\n")
+    argv = watcher_argv(script)
+    assert argv[3:5] == ["29500", "600"]
+    assert json.loads(argv[5]) == [["h2", "10.0.0.2"], ["h3", "10.0.0.3"]]
+    last = script.rstrip("\n").rsplit("\n", 1)[1]
+    assert shlex.split(last) == ["exec", *vllm_serve_argv(launch, mp_layout(), 0)]

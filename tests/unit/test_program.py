@@ -97,14 +97,55 @@ def run_program(config: dict[str, Any], secrets: dict[str, str]) -> RecordingMoc
     return mocks
 
 
-def test_two_hosts_with_tp_pp_become_a_ray_cluster(project: Path) -> None:
+def test_two_hosts_serve_through_vllms_own_launcher_by_default(project: Path) -> None:
     config = write_project(project, hosts=2)
     config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    types = [r.type_ for r in mocks.resources]
+    assert types.count("vllm-cluster:index:VllmService") == 1
+    assert "vllm-cluster:index:RayVllmCluster" not in types
+    rank0 = mocks.named("serving-server")
+    assert rank0.inputs["name"] == "vllm-server"
+    script = rank0.inputs["command"][1]
+    assert "exec vllm serve /data/models/tiny --served-model-name tiny" in script
+    assert "--distributed-executor-backend mp --nnodes 2 --node-rank 0" in script
+    assert "--master-addr 10.9.0.1 --master-port 29501" in script
+    assert "--headless" not in script
+    assert "VLLM_API_KEY=sk-lab" in reveal(rank0.inputs["envs"])
+    headless = mocks.named("serving-headless-n2")
+    assert headless.inputs["name"] == "vllm-headless"
+    assert headless.inputs["entrypoints"] == ["vllm"]
+    argv = headless.inputs["command"]
+    assert argv[argv.index("--node-rank") + 1] == "1" and argv[-1] == "--headless"
+    assert "VLLM_HOST_IP=10.9.0.2" in headless.inputs["envs"]
+    assert not any(e.startswith("VLLM_API_KEY") for e in headless.inputs["envs"])
+    labels = {lbl["label"]: lbl["value"] for lbl in headless.inputs["labels"]}
+    assert labels["vllm-cluster.head"] == "serving-server-id"
+    assert mocks.named("serving-ready").inputs["triggers"] == [
+        "serving-server-id",
+        "serving-headless-n2-id",
+    ]
+    # Preflight reserves the API and rendezvous ports on the head; no Ray check.
+    assert "29501" in mocks.named("n1-preflight").inputs["create"]
+    assert not [r for r in mocks.resources if r.name.endswith("-image-fit")]
+
+
+def test_two_hosts_with_the_ray_backend_become_a_ray_cluster(project: Path) -> None:
+    config = write_project(project, hosts=2)
+    config["serving"].update(
+        {"tensor_parallel_size": 2, "pipeline_parallel_size": 2, "distributed_backend": "ray"}
+    )
     mocks = run_program(config, {"apiKey": "sk-lab"})
     types = [r.type_ for r in mocks.resources]
     assert types.count("vllm-cluster:index:GpuHost") == 2
     assert types.count("vllm-cluster:index:RayVllmCluster") == 1
     assert "vllm-cluster:index:VllmService" not in types
+    # The image must carry Ray: checked on the head before any engine container starts.
+    fit = mocks.named("n1-image-fit")
+    assert "import ray" in fit.inputs["create"]
+    assert "serving.distributed_backend: mp" in fit.inputs["create"]
+    assert fit.inputs["triggers"] == ["n1-image-load-id"]
+    assert not [r for r in mocks.resources if r.name == "n2-image-fit"]
     head = mocks.named("serving-head")
     script = head.inputs["command"][1]
     assert "--tensor-parallel-size 2 --pipeline-parallel-size 2" in script

@@ -27,7 +27,13 @@ import yaml
 
 from components.plan.sizing import plan_from_settings
 from components.render.deployment import render_deployment
-from components.render.engine import VLLM_SERVER_MODULE, ray_head_script, vllm_server_argv
+from components.render.engine import (
+    VLLM_SERVER_MODULE,
+    multi_node_head_script,
+    ray_head_script,
+    vllm_serve_argv,
+    vllm_server_argv,
+)
 from components.render.operator_files import OperatorFiles
 from components.render.shell import tarball_image_id
 from components.settings import NAMESPACE, SECRET_KEYS, load_settings
@@ -124,8 +130,8 @@ def operator_side(raw: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
 
 def engine_argvs(stack_file: Path, tmp: Path) -> list[tuple[str, list[str]]]:
-    """(label, argv after `python3 -m vllm.entrypoints.openai.api_server`) for every engine
-    command line the program renders for this stack."""
+    """(label, argv after `python3 -m vllm.entrypoints.openai.api_server` or `vllm serve`:
+    the same parser) for every engine command line the program renders for this stack."""
     config = yaml.safe_load(stack_file.read_text())["config"]
     raw: dict[str, Any] = {}
     # The API key is set by the operator before `up` (h20) or committed encrypted (lab).
@@ -150,6 +156,20 @@ def engine_argvs(stack_file: Path, tmp: Path) -> list[tuple[str, list[str]]]:
     argv = vllm_server_argv(dep.launch)
     assert argv[:3] == PREFIX, argv
     label = f"{stack_file.name} (TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size})"
+    if dep.multi_node is not None:
+        # vLLM's own launcher: rank 0's container runs the head script, which execs its
+        # `vllm serve`; every other rank runs `vllm serve ... --headless` directly.
+        script = multi_node_head_script(dep.launch, dep.multi_node)
+        last = script.rstrip("\n").rsplit("\n", 1)[1]
+        assert last.startswith("exec "), script
+        rank0 = shlex.split(last)[1:]
+        assert rank0 == vllm_serve_argv(dep.launch, dep.multi_node, 0)
+        argvs = [rank0] + [
+            vllm_serve_argv(dep.launch, dep.multi_node, r) for r in range(1, dep.multi_node.nnodes)
+        ]
+        assert all(a[:2] == ["vllm", "serve"] for a in argvs)
+        assert "--headless" in argvs[-1] and "--headless" not in rank0
+        return [(f"{label} mp node rank {r}", a[2:]) for r, a in enumerate(argvs)]
     if dep.layout is None:
         # VllmService: entrypoint argv[:1], command argv[1:].
         return [(f"{label} single node", argv[3:])]
@@ -194,6 +214,8 @@ def test_every_rendered_engine_command_line_passes_the_real_vllm_parser(
         for label, argv in engine_argvs(path, work):
             cases.append({"name": label, "argv": argv})
     assert len(cases) >= len(REQUIRED_STACKS)
+    labels = " ".join(c["name"] for c in cases)
+    assert "Ray head" in labels and "mp node rank 1" in labels, labels
     # Negative controls, built from the first rendered command line so they differ from a
     # passing case by one thing only.
     base = cases[0]["argv"]

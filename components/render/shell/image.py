@@ -115,6 +115,27 @@ if [ -n "$WANT" ] && [ "$HAVE" != "$WANT" ]; then log "$IMAGE is $HAVE, not $WAN
     return render(host, "image", body)
 
 
+def image_has_ray(host: str, image: str) -> str:
+    """Fails (naming image.name and the fix) when ``image`` cannot import Ray: the Ray
+    backend needs Ray inside the image, and current vLLM images have none (v0.18 and later).
+    Runs the image once, offline, without GPUs; before any engine container starts."""
+    _check_image(image)
+    body = f"""
+IMAGE={q(image)}
+log "checking that $IMAGE carries Ray (serving.distributed_backend: ray)"
+if ! out=$(docker run --rm --network none --entrypoint python3 "$IMAGE" \\
+    -c 'import ray; print(ray.__version__)' 2>&1); then
+  log "$IMAGE cannot import Ray: $(printf '%s\\n' "$out" | tail -n 1)"
+  echo "image.name: $IMAGE has no Ray, which serving.distributed_backend: ray needs (vLLM" \\
+    "images have none since v0.18). Fix: set serving.distributed_backend: mp (vLLM's own" \\
+    "multi-node launcher), or use an image that carries Ray" >&2
+  exit 1
+fi
+log "Ray $out in $IMAGE"
+"""
+    return render(host, "image", body)
+
+
 def image_load(spec: ImageLoadSpec) -> str:
     """Render copy-and-load: skip when the host has this exact image, else ``docker load``.
     Prints one JSON line ``{"image", "id", "loaded"}``."""

@@ -97,6 +97,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     parser.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
     parser.add_argument("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
+    # vLLM's own multi-node launcher (mp executor): the same command on every node.
+    parser.add_argument("--nnodes", type=int, default=1)
+    parser.add_argument("--node-rank", type=int, default=0)
+    parser.add_argument("--master-addr", type=str, default="127.0.0.1")
+    parser.add_argument("--master-port", type=int, default=29501)
     parser.add_argument("--max-model-len", type=_human_int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=_human_int, default=None)
@@ -135,6 +140,12 @@ class ServeConfig:
     pipeline_parallel_size: int
     distributed_executor_backend: str | None
     max_model_len: int
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    # `vllm serve --headless`: this node runs its ranks only, no API server.
+    headless: bool
     max_num_seqs: int
     gpu_memory_utilization: float
     kv_cache_dtype: str
@@ -174,6 +185,27 @@ def build_config(ns: argparse.Namespace, shown_args: dict[str, Any]) -> ServeCon
         raise StartupError(f"swap_space must be non-negative, got {ns.swap_space}.")
     if ns.max_model_len is not None and ns.max_model_len < 1:
         raise StartupError(f"max_model_len must be a positive integer, got {ns.max_model_len}.")
+    world = ns.tensor_parallel_size * ns.pipeline_parallel_size
+    if ns.nnodes < 1:
+        raise StartupError(f"nnodes must be a positive integer, got {ns.nnodes}.")
+    if not 0 <= ns.node_rank < ns.nnodes:
+        raise StartupError(
+            "Invalid data-parallel launch options: `--node-rank` must be between 0 and "
+            f"{ns.nnodes - 1}; got `--node-rank {ns.node_rank}`. Set it to this node's "
+            "zero-based index."
+        )
+    if ns.nnodes > 1:
+        if ns.distributed_executor_backend not in (None, "mp"):
+            raise StartupError(
+                f"nnodes > 1 is vLLM's own multi-node launcher (the mp executor); "
+                f"distributed_executor_backend={ns.distributed_executor_backend} cannot use it."
+            )
+        if world % ns.nnodes != 0:
+            raise StartupError(
+                f"Invalid data-parallel launch options: `--nnodes {ns.nnodes}` must evenly "
+                f"divide the total world size ({world}). Adjust `--nnodes`, "
+                "`--pipeline-parallel-size` or `--tensor-parallel-size`."
+            )
 
     hf_config = load_model_dir(Path(model), trust_remote_code=ns.trust_remote_code)
     max_model_len = _verify_max_model_len(hf_config, ns.max_model_len)
@@ -195,6 +227,11 @@ def build_config(ns: argparse.Namespace, shown_args: dict[str, Any]) -> ServeCon
         pipeline_parallel_size=ns.pipeline_parallel_size,
         distributed_executor_backend=ns.distributed_executor_backend,
         max_model_len=max_model_len,
+        nnodes=ns.nnodes,
+        node_rank=ns.node_rank,
+        master_addr=ns.master_addr,
+        master_port=ns.master_port,
+        headless=bool(getattr(ns, "headless", False)),
         max_num_seqs=ns.max_num_seqs,
         gpu_memory_utilization=ns.gpu_memory_utilization,
         kv_cache_dtype=ns.kv_cache_dtype,

@@ -8,11 +8,20 @@ same with real Ray: its workers are real Ray actors holding one GPU each, so ``r
 the GPUs in use, a second server cannot take them, and the node IPs it reports are the nodes Ray
 really placed the workers on. Local GPUs are counted with ``nvidia-smi -L``, which the lab's fake
 NVIDIA runtime injects into containers started with ``--gpus``.
+
+vLLM's own multi-node launcher (``--nnodes N --node-rank R --master-addr A --master-port P``,
+mp executor, no Ray): every node runs TP x PP / N ranks on its own GPUs; rank 0 hosts the
+rendezvous on the master port and waits until every node has joined, the others connect to it
+and stay connected. The stand-in does that over a real TCP connection per node (one JSON line
+each way, then held open): rank 0 names the nodes that never joined, and either side dies
+when the other's connection drops, as torch.distributed does.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -26,6 +35,7 @@ from vllm.logger import init_logger
 logger = init_logger(__name__)
 
 DEFAULT_RAY_WAIT_S = 120.0
+DEFAULT_JOIN_WAIT_S = 120.0
 HEALTH_CHECK_INTERVAL_S = 5.0
 
 
@@ -46,6 +56,9 @@ class Placement:
     _ray: Any = field(default=None, repr=False)
     _actors: list[Any] = field(default_factory=list, repr=False)
     _placement_group: Any = field(default=None, repr=False)
+    # mp multi-node: rank 0 holds one connection per other node, a headless node one to
+    # rank 0; (label, socket).
+    _links: list[tuple[str, socket.socket]] = field(default_factory=list, repr=False)
 
     @property
     def node_ips(self) -> list[str]:
@@ -58,6 +71,10 @@ class Placement:
     def describe(self) -> str:
         return "local" if self.mode == "local" else ",".join(self.node_ips)
 
+    @property
+    def spans_nodes(self) -> bool:
+        return self.mode in ("ray", "multinode")
+
     def check_workers(self, timeout_s: float = 10.0) -> None:
         """Raise when a Ray worker is gone (its node died or left): vLLM's engine dies then."""
         if self.mode != "ray" or self._ray is None:
@@ -65,6 +82,8 @@ class Placement:
         self._ray.get([actor.ping.remote() for actor in self._actors], timeout=timeout_s)
 
     def release(self) -> None:
+        for _, link in self._links:
+            link.close()
         if self._ray is None:
             return
         try:
@@ -98,6 +117,8 @@ def place_workers(cfg: ServeConfig) -> Placement:
     world = cfg.world_size
     local = count_local_gpus()
     logger.info("Local GPUs (nvidia-smi -L): %d; TP x PP = %d", local, world)
+    if cfg.nnodes > 1:
+        return _place_on_nodes(cfg, local)
     if cfg.distributed_executor_backend != "ray" and world <= local:
         backend = "uni" if world == 1 else "mp"
         logger.info("Using the %s executor on this node (no Ray).", backend)
@@ -255,9 +276,166 @@ def _describe_nodes(ray: Any) -> str:
     return f"{len(nodes)} alive: " + (", ".join(parts) if parts else "none")
 
 
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def _local_ranks(cfg: ServeConfig, local_gpus: int) -> int:
+    per_node = cfg.world_size // cfg.nnodes
+    if per_node > local_gpus:
+        raise StartupError(
+            f"Each of the {cfg.nnodes} nodes runs {per_node} of the world size "
+            f"{cfg.world_size} ranks, but this node has {local_gpus} GPU(s)."
+        )
+    return per_node
+
+
+def _node_workers(cfg: ServeConfig, node_rank: int, ip: str, per_node: int) -> list[Worker]:
+    return [Worker(node_rank * per_node + i, ip, (str(i),)) for i in range(per_node)]
+
+
+def _place_on_nodes(cfg: ServeConfig, local_gpus: int) -> Placement:
+    """vLLM's own multi-node launcher: rank 0 hosts the rendezvous, the others join it."""
+    per_node = _local_ranks(cfg, local_gpus)
+    my_ip = os.environ.get("VLLM_HOST_IP") or socket.gethostbyname(socket.gethostname())
+    wait_s = _env_seconds("VLLM_STANDIN_JOIN_WAIT_S", DEFAULT_JOIN_WAIT_S)
+    hello = {"node_rank": cfg.node_rank, "ip": my_ip, "gpus": local_gpus, "world": cfg.world_size}
+    if cfg.node_rank > 0:
+        link = _join_rank0(cfg, hello, wait_s)
+        workers = _node_workers(cfg, cfg.node_rank, my_ip, per_node)
+        logger.info(
+            "Node rank %d joined rank 0 at %s:%d; ranks %s on this node",
+            cfg.node_rank,
+            cfg.master_addr,
+            cfg.master_port,
+            ",".join(str(w.rank) for w in workers),
+        )
+        return Placement("headless", workers, _links=[("rank 0", link)])
+    return _host_rendezvous(cfg, my_ip, per_node, wait_s)
+
+
+def _join_rank0(cfg: ServeConfig, hello: dict[str, Any], wait_s: float) -> socket.socket:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            link = socket.create_connection((cfg.master_addr, cfg.master_port), timeout=5)
+            break
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise StartupError(
+                    f"Node rank {cfg.node_rank} could not reach rank 0's rendezvous at "
+                    f"{cfg.master_addr}:{cfg.master_port} within {wait_s:g} s: {exc}",
+                    kind="RuntimeError",
+                ) from exc
+            time.sleep(0.5)
+    link.sendall((json.dumps(hello) + "\n").encode())
+    link.settimeout(max(5.0, deadline - time.monotonic()))
+    answer = json.loads(link.makefile().readline() or "{}")
+    if not answer.get("ok"):
+        link.close()
+        raise StartupError(f"Rank 0 refused node rank {cfg.node_rank}: {answer.get('error')}")
+    link.settimeout(None)
+    return link
+
+
+def _host_rendezvous(cfg: ServeConfig, my_ip: str, per_node: int, wait_s: float) -> Placement:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind(("0.0.0.0", cfg.master_port))
+    except OSError as exc:
+        server.close()
+        raise StartupError(
+            f"Cannot bind the master port {cfg.master_port}: {exc}", "OSError"
+        ) from exc
+    server.listen(cfg.nnodes)
+    logger.info(
+        "Rank 0: waiting for %d other node(s) on port %d (up to %g s)",
+        cfg.nnodes - 1,
+        cfg.master_port,
+        wait_s,
+    )
+    deadline = time.monotonic() + wait_s
+    joined: dict[int, tuple[str, socket.socket]] = {}
+    try:
+        while len(joined) < cfg.nnodes - 1:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = [r for r in range(1, cfg.nnodes) if r not in joined]
+                raise StartupError(
+                    f"Node rank(s) {', '.join(map(str, missing))} did not join the rendezvous "
+                    f"at {cfg.master_addr}:{cfg.master_port} within {wait_s:g} s (joined: "
+                    f"{', '.join(f'{r}={ip}' for r, (ip, _) in sorted(joined.items())) or 'none'})",
+                    kind="RuntimeError",
+                )
+            server.settimeout(min(remaining, 1.0))
+            try:
+                link, _ = server.accept()
+            except TimeoutError:
+                continue
+            link.settimeout(10)
+            try:
+                hello = json.loads(link.makefile().readline() or "{}")
+            except (OSError, ValueError):
+                link.close()
+                continue
+            rank = int(hello.get("node_rank", -1))
+            error = None
+            if not 0 < rank < cfg.nnodes or rank in joined:
+                error = f"node rank {rank} is not expected (nnodes={cfg.nnodes}) or joined twice"
+            elif int(hello.get("world", -1)) != cfg.world_size:
+                error = f"world size {hello.get('world')} differs from rank 0's {cfg.world_size}"
+            link.sendall((json.dumps({"ok": error is None, "error": error}) + "\n").encode())
+            if error:
+                logger.warning("Refused a node: %s", error)
+                link.close()
+                continue
+            link.settimeout(None)
+            joined[rank] = (str(hello.get("ip")), link)
+            logger.info(
+                "Node rank %d (%s) joined (%d/%d)",
+                rank,
+                hello.get("ip"),
+                len(joined) + 1,
+                cfg.nnodes,
+            )
+    except BaseException:
+        for _, link in joined.values():
+            link.close()
+        raise
+    finally:
+        server.close()
+    workers = _node_workers(cfg, 0, my_ip, per_node)
+    for rank, (ip, _) in sorted(joined.items()):
+        workers += _node_workers(cfg, rank, ip, per_node)
+    links = [(f"node rank {r} ({ip})", link) for r, (ip, link) in sorted(joined.items())]
+    return Placement("multinode", workers, _links=links)
+
+
+def _watch_links(placement: Placement, on_failure: Callable[[str], None]) -> None:
+    """A peer's connection closing is a lost node (torch.distributed fails the same way)."""
+
+    def watch(label: str, link: socket.socket) -> None:
+        try:
+            while link.recv(1024):
+                pass
+        except OSError:
+            pass
+        on_failure(f"{label} lost (its connection closed)")
+
+    for label, link in placement._links:
+        threading.Thread(target=watch, args=(label, link), name="node-watch", daemon=True).start()
+
+
 def watch_workers(placement: Placement, on_failure: Callable[[str], None]) -> None:
     """Ping the Ray workers in the background; a lost worker ends the server, as a dead
-    engine ends vLLM's API server."""
+    engine ends vLLM's API server. Under vLLM's own launcher a lost node does the same."""
+    if placement.mode in ("multinode", "headless"):
+        _watch_links(placement, on_failure)
+        return
     if placement.mode != "ray":
         return
 

@@ -337,7 +337,7 @@ class Handler(BaseHTTPRequestHandler):
                 "tensor_parallel_size": cfg.tensor_parallel_size,
                 "pipeline_parallel_size": cfg.pipeline_parallel_size,
                 "placement": p.mode,
-                "nodes": p.node_ips if p.mode == "ray" else [],
+                "nodes": p.node_ips if p.spans_nodes else [],
                 "args": cfg.non_default_args,
             },
         )

@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     serve.add_argument("model_tag", nargs="?", default=None, help="The model directory.")
     make_arg_parser(serve)
+    # Only `vllm serve` has it (not the api_server module), as in vLLM.
+    serve.add_argument(
+        "--headless", action="store_true", help="Run this node's ranks only, no API server."
+    )
     ns = parser.parse_args(argv)
     if ns.model_tag:
         if ns.model and ns.model != ns.model_tag:

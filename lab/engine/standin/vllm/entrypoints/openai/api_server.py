@@ -3,13 +3,18 @@ vLLM): the start-up sequence of vLLM's OpenAI server, simulated where a GPU is n
 
 1. parse and check the command line and the model directory (vllm.args);
 2. bind the port (a port in use fails now, before any loading);
-3. place TP x PP workers: local GPUs, or a Ray placement group (vllm.placement);
+3. place TP x PP workers: local GPUs, a Ray placement group, or the nodes of vLLM's own
+   multi-node launcher (``--nnodes``; rank 0 waits for every node) (vllm.placement);
 4. "load weights": sleep ``VLLM_STANDIN_LOAD_S`` seconds (default 3) with the port closed;
-5. listen and serve until SIGTERM/SIGINT, or until a Ray worker is lost (exit 1).
+5. listen and serve until SIGTERM/SIGINT, or until a Ray worker or a node is lost (exit 1).
+
+A ``--headless`` node (``vllm serve`` only) binds no port and serves nothing: it joins rank 0
+and runs its ranks until stopped, or until rank 0 is lost (exit 1).
 
 Environment: ``VLLM_API_KEY`` (the key when ``--api-key`` is absent), ``VLLM_STANDIN_LOAD_S``,
 ``VLLM_STANDIN_RAY_WAIT_S`` (default 120: how long to wait for the Ray cluster to offer TP x PP
-GPUs), ``VLLM_STANDIN_TOKEN_DELAY_S`` (default 0.01: time per generated word).
+GPUs), ``VLLM_STANDIN_JOIN_WAIT_S`` (default 120: how long rank 0 waits for the other nodes,
+and they for rank 0), ``VLLM_STANDIN_TOKEN_DELAY_S`` (default 0.01: time per generated word).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from types import FrameType
 from vllm import __version__
 from vllm.args import (
     FlexibleArgumentParser,
+    ServeConfig,
     StartupError,
     add_engine_args,
     build_config,
@@ -79,6 +85,8 @@ def run_server(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     placement: Placement | None = None
     try:
         cfg = build_config(ns, shown)
+        if cfg.headless:
+            return _run_headless(cfg, stopping)
         try:
             server = bind_server(cfg)
         except OSError as exc:
@@ -136,6 +144,37 @@ def run_server(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         placement.release()
     logger.info("Shutdown complete.")
     return 1 if failure else 0
+
+
+def _run_headless(cfg: ServeConfig, stopping: threading.Event) -> int:
+    """A node of vLLM's own launcher without an API server: join, "load", hold the ranks."""
+    placement = place_workers(cfg)
+    lost: list[str] = []
+
+    def on_failure(message: str) -> None:
+        if not stopping.is_set():
+            lost.append(message)
+            logger.error("Engine is dead: %s. Shutting down this node.", message)
+        stopping.set()
+
+    try:
+        load_s = _env_seconds("VLLM_STANDIN_LOAD_S", 3.0)
+        logger.info("Starting to load model %s (simulated: %.1f s)...", cfg.model, load_s)
+        time.sleep(load_s)
+        watch_workers(placement, on_failure)
+        logger.info(
+            "Headless node rank %d of %d: ranks %s running, no API server.",
+            cfg.node_rank,
+            cfg.nnodes,
+            ",".join(str(w.rank) for w in placement.workers),
+        )
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        placement.release()
+    return 1 if lost else 0
 
 
 def main(argv: list[str] | None = None) -> None:
