@@ -424,6 +424,10 @@ class ServingSettings(_Model):
     distributed_backend: Literal["mp", "ray"] = Field(
         default="mp", description="mp (vLLM's own multi-node launcher) or ray"
     )
+    expert_parallel: bool = Field(
+        default=False,
+        description="MoE: whole experts per GPU over the TP group (--enable-expert-parallel)",
+    )
     master_port: Port = Field(
         default=29501, description="rank 0's port for the mp backend's rendezvous (vLLM's default)"
     )

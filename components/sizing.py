@@ -28,6 +28,7 @@ _CLI_FLAGS = {
     "max_num_seqs": "--max-num-seqs",
     "gpu_memory_utilization": "--gpu-memory-utilization",
     "kv_cache_dtype": "--kv-cache-dtype",
+    "expert_parallel": "--expert-parallel",
     "reserve_gib": "--reserve-gib",
     "weights_bytes": "--weights-bytes",
     "config_file": "--model-config",
@@ -73,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reserve-gib", type=float, help="non-KV reserve per GPU (default 5 dense / 8 MoE)"
     )
+    p.add_argument(
+        "--expert-parallel",
+        action="store_true",
+        help="MoE: place whole experts over the TP group (vLLM's --enable-expert-parallel)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -93,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tensor_parallel_size=args.tensor_parallel_size,
             pipeline_parallel_size=args.pipeline_parallel_size,
             reserve_gib=args.reserve_gib,
+            expert_parallel=args.expert_parallel,
         )
     except PlanError as exc:
         flag = _CLI_FLAGS.get(exc.field or "")

@@ -13,8 +13,10 @@ Sharding follows vLLM's layers:
 - "vocab" Vocab-parallel embedding / lm_head: vocab padded to 64, split by TP
 - "rep"   Replicated on every TP rank: norms, MoE routers, and MLA's q_a_proj and
           kv_a_proj_with_mqa (ReplicatedLinear in vLLM's DeepSeek-V2/V3 attention)
-Experts are split like the dense MLP (vLLM's FusedMoE shards the intermediate size by TP
-unless expert parallelism is enabled, which this planner does not assume).
+Routed experts are split like the dense MLP (vLLM's FusedMoE shards their intermediate size
+by TP); with expert parallelism (`--enable-expert-parallel`) they are placed whole instead,
+num_experts / EP of them on each GPU of the EP group (here the TP group: one data-parallel
+rank), and only the expert count must divide the group. Shared experts stay TP-sharded.
 """
 
 from __future__ import annotations
@@ -45,13 +47,24 @@ class Tensor:
     copies: int = 1  # routed experts share one shape
     heads: int = 0  # "kv" shard: number of KV heads along `rows`
     dim_name: str = ""  # config.json field behind the split dimension (for messages)
+    routed_expert: bool = False  # placed whole per GPU under expert parallelism
 
     @property
     def params(self) -> int:
         return self.rows * self.cols * self.copies
 
-    def shape_on_gpu(self, tp: int) -> tuple[int, int]:
-        """(rows, cols) one TP rank holds (ceil for the padded vocabulary)."""
+    def copies_on_gpu(self, tp: int, ep: bool = False) -> int:
+        """Copies one GPU holds: routed experts are spread over the EP group (the fullest
+        GPU's share when they do not divide it), everything else is on every GPU."""
+        if ep and self.routed_expert:
+            return -(-self.copies // tp)
+        return self.copies
+
+    def shape_on_gpu(self, tp: int, ep: bool = False) -> tuple[int, int]:
+        """(rows, cols) one TP rank holds (ceil for the padded vocabulary); a routed expert
+        under expert parallelism is whole."""
+        if ep and self.routed_expert:
+            return self.rows, self.cols
         if self.shard == "col":
             return self.rows // tp, self.cols
         if self.shard == "row":
@@ -139,8 +152,11 @@ class Inventory:
             matrix_bytes(t.rows, t.cols, t.kind, quant, dtype_bytes) * t.copies for t in tensors
         )
 
-    def gpu_bytes(self, quant: Quantization, tp: int, pp: int, start: int, end: int) -> int:
-        """Weight bytes on one GPU of the pipeline stage holding layers [start, end)."""
+    def gpu_bytes(
+        self, quant: Quantization, tp: int, pp: int, start: int, end: int, ep: bool = False
+    ) -> int:
+        """Weight bytes on one GPU of the pipeline stage holding layers [start, end); `ep`:
+        expert parallelism over the TP group."""
         tensors: list[Tensor] = []
         if start == 0:
             tensors.extend(self.embed)
@@ -150,8 +166,10 @@ class Inventory:
             tensors.extend(self._head(pp))
         total = 0
         for t in tensors:
-            rows, cols = t.shape_on_gpu(tp)
-            total += matrix_bytes(rows, cols, t.kind, quant, LOADED_DTYPE_BYTES) * t.copies
+            rows, cols = t.shape_on_gpu(tp, ep)
+            total += matrix_bytes(rows, cols, t.kind, quant, LOADED_DTYPE_BYTES) * (
+                t.copies_on_gpu(tp, ep)
+            )
         return total
 
 
@@ -159,11 +177,25 @@ def _norm(name: str, size: int) -> Tensor:
     return Tensor(name, size, 1, "dense", "rep")
 
 
-def _mlp(prefix: str, hidden: int, inter: int, dim_name: str, copies: int = 1) -> list[Tensor]:
+def _mlp(
+    prefix: str, hidden: int, inter: int, dim_name: str, copies: int = 1, routed: bool = False
+) -> list[Tensor]:
+    def t(name: str, rows: int, cols: int, shard: Shard) -> Tensor:
+        return Tensor(
+            f"{prefix}.{name}",
+            rows,
+            cols,
+            "linear",
+            shard,
+            copies,
+            dim_name=dim_name,
+            routed_expert=routed,
+        )
+
     return [
-        Tensor(f"{prefix}.gate_proj", inter, hidden, "linear", "col", copies, dim_name=dim_name),
-        Tensor(f"{prefix}.up_proj", inter, hidden, "linear", "col", copies, dim_name=dim_name),
-        Tensor(f"{prefix}.down_proj", hidden, inter, "linear", "row", copies, dim_name=dim_name),
+        t("gate_proj", inter, hidden, "col"),
+        t("up_proj", inter, hidden, "col"),
+        t("down_proj", hidden, inter, "row"),
     ]
 
 
@@ -223,7 +255,7 @@ def _moe(cfg: ModelConfig) -> list[Tensor]:
     out = [Tensor("router", e, h, "dense", "rep")]
     if cfg.router_bias:
         out.append(Tensor("router.e_score_correction_bias", e, 1, "fp32", "rep"))
-    out += _mlp("experts", h, cfg.moe_intermediate_size, inter_name, copies=e)
+    out += _mlp("experts", h, cfg.moe_intermediate_size, inter_name, copies=e, routed=True)
     if cfg.num_shared_experts:
         out += _mlp(
             "shared_experts",
@@ -275,11 +307,21 @@ def build_inventory(cfg: ModelConfig) -> Inventory:
     return Inventory(embed, tuple(layers), head, tuple(mtp), cfg.tie_word_embeddings)
 
 
-def tp_problems(cfg: ModelConfig, tp: int) -> list[str]:
-    """Why vLLM would refuse tensor-parallel size `tp` for this model (empty: legal)."""
+def expert_name(cfg: ModelConfig) -> str:
+    return "num_local_experts" if cfg.family == "mixtral" else "n_routed_experts"
+
+
+def tp_problems(cfg: ModelConfig, tp: int, ep: bool = False) -> list[str]:
+    """Why vLLM would refuse tensor-parallel size `tp` for this model (empty: legal); `ep`:
+    with expert parallelism over the TP group."""
     problems: list[str] = []
     if tp < 1:
         return [f"TP {tp} must be at least 1"]
+    if ep and cfg.num_experts % tp:
+        problems.append(
+            f"{expert_name(cfg)} {cfg.num_experts} is not divisible by the expert-parallel "
+            f"group of TP {tp} (each GPU holds whole experts)"
+        )
     if cfg.num_heads % tp:
         problems.append(f"num_attention_heads {cfg.num_heads} is not divisible by TP {tp}")
     if not cfg.uses_mla:
@@ -300,6 +342,8 @@ def tp_problems(cfg: ModelConfig, tp: int) -> list[str]:
         for t in layer:
             if t.shard not in ("col", "row") or t.kind != "linear":
                 continue
+            if ep and t.routed_expert:
+                continue  # whole experts: their dimensions are not split
             size = t.rows if t.shard == "col" else t.cols
             name = t.dim_name or t.name
             if name in seen:

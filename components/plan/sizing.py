@@ -155,6 +155,8 @@ class Plan:
     seed_estimate_gb: float
     seed_nodes: int
     layout_reason: str
+    # Routed experts placed whole over the TP group (vLLM's --enable-expert-parallel).
+    expert_parallel: bool = False
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -249,6 +251,7 @@ class Plan:
             "seed_nodes": self.seed_nodes,
             "ready_timeout_s": self.ready_timeout_s,
             "layout": self.layout_reason,
+            "expert_parallel": self.expert_parallel,
             "notes": list(self.notes),
             "stages": [
                 {
@@ -307,7 +310,13 @@ class Plan:
             (
                 "Layout",
                 f"TP {self.tensor_parallel_size} x PP {self.pipeline_parallel_size} on "
-                f"{self.nodes} node(s) x {self.gpus_per_node} GPUs ({self.layout_reason})",
+                f"{self.nodes} node(s) x {self.gpus_per_node} GPUs ({self.layout_reason})"
+                + (
+                    f"; expert parallel: whole experts over each TP group of "
+                    f"{self.tensor_parallel_size}"
+                    if self.expert_parallel
+                    else ""
+                ),
             ),
             (
                 "GPU budget",
@@ -412,11 +421,11 @@ class _Weights:
                 )
         self.loaded = round(self.inventory.loaded_bytes(quant) * self.scale)
 
-    def per_gpu(self, tp: int, pp: int, start: int, end: int) -> int:
+    def per_gpu(self, tp: int, pp: int, start: int, end: int, ep: bool = False) -> int:
         if self.inventory is None:
             share = self.loaded * (end - start) / self.model.num_layers / tp
             return math.ceil(share)
-        raw = self.inventory.gpu_bytes(self.model.quantization, tp, pp, start, end)
+        raw = self.inventory.gpu_bytes(self.model.quantization, tp, pp, start, end, ep)
         return math.ceil(raw * self.scale)
 
 
@@ -432,6 +441,10 @@ class _Inputs:
     utilization: float
     kv_dtype_bytes: int
     reserve_bytes: int
+    expert_parallel: bool = False
+
+    def tp_problems(self, tp: int) -> list[str]:
+        return tp_problems(self.model, tp, self.expert_parallel)
 
     @property
     def budget_bytes(self) -> int:
@@ -448,7 +461,7 @@ class _Inputs:
                     stage=i,
                     layer_start=start,
                     layer_end=end,
-                    weights_bytes=self.weights.per_gpu(tp, pp, start, end),
+                    weights_bytes=self.weights.per_gpu(tp, pp, start, end, self.expert_parallel),
                     reserve_bytes=self.reserve_bytes,
                     kv_bytes_per_token=per_token,
                     kv_needed_bytes=per_token * self.max_num_seqs * self.max_model_len,
@@ -503,9 +516,9 @@ def _choose_layout(
     model, gpn = inp.model, inp.gpus_per_node
     notes: list[str] = []
     if tp_req is not None:
-        problems = tp_problems(model, tp_req)
+        problems = inp.tp_problems(tp_req)
         if problems:
-            legal = [t for t in range(1, gpn + 1) if gpn % t == 0 and not tp_problems(model, t)]
+            legal = [t for t in range(1, gpn + 1) if gpn % t == 0 and not inp.tp_problems(t)]
             raise PlanError(
                 f"tensor_parallel_size {tp_req} is not allowed for {model.architecture}: "
                 f"{'; '.join(problems)} (legal sizes dividing {gpn} GPUs per node: {legal})",
@@ -547,11 +560,11 @@ def _choose_layout(
 
     # Auto TP: the largest legal divisor of the GPUs per node.
     if tp_req is None and pp_req is None:
-        tp_auto = next(t for t in range(gpn, 0, -1) if gpn % t == 0 and not tp_problems(model, t))
+        tp_auto = next(t for t in range(gpn, 0, -1) if gpn % t == 0 and not inp.tp_problems(t))
         if tp_auto != gpn:
             notes.append(
                 f"TP {gpn} (all GPUs of a node) is not allowed: "
-                f"{'; '.join(tp_problems(model, gpn))}; using TP {tp_auto} with PP inside nodes"
+                f"{'; '.join(inp.tp_problems(gpn))}; using TP {tp_auto} with PP inside nodes"
             )
     skipped: list[str] = []
     last: tuple[int, int, int, tuple[StagePlan, ...]] | None = None
@@ -567,7 +580,7 @@ def _choose_layout(
                 skipped.append(f"{nodes} node(s): {gpus} GPUs are not a multiple of PP {pp_req}")
                 continue
             tp, pp = gpus // pp_req, pp_req
-            problems = tp_problems(model, tp)
+            problems = inp.tp_problems(tp)
             if problems:
                 skipped.append(f"{nodes} node(s): TP {tp} not allowed ({'; '.join(problems)})")
                 continue
@@ -612,6 +625,7 @@ def make_plan(
     reserve_gib: float | None = None,
     checkpoint_bytes: int | None = None,
     checkpoint_source: str | None = None,
+    expert_parallel: bool = False,
 ) -> Plan:
     """Plan `model` on up to `max_nodes` identical nodes. None for TP/PP means auto.
 
@@ -638,6 +652,12 @@ def make_plan(
     if checkpoint_bytes is not None and checkpoint_bytes <= 0:
         raise PlanError(
             f"weights_bytes must be positive, got {checkpoint_bytes}", field="weights_bytes"
+        )
+    if expert_parallel and not model.is_moe:
+        raise PlanError(
+            f"expert parallelism needs a mixture-of-experts model; {model.architecture} has no "
+            "experts: remove it",
+            field="expert_parallel",
         )
 
     limit = model.max_position_embeddings
@@ -677,6 +697,7 @@ def make_plan(
         utilization=gpu_memory_utilization,
         kv_dtype_bytes=kv_bytes,
         reserve_bytes=int(reserve_gib * GIB),
+        expert_parallel=expert_parallel,
     )
     tp, pp, nodes, stages, reason, notes = _choose_layout(
         inp, tensor_parallel_size, pipeline_parallel_size
@@ -723,6 +744,7 @@ def make_plan(
         seed_estimate_gb=round(seed_gb, 1),
         seed_nodes=seed_nodes,
         layout_reason=reason,
+        expert_parallel=expert_parallel,
         notes=tuple(notes),
     )
 
@@ -755,6 +777,7 @@ _SETTINGS_KEYS = {
     "gpu_memory_utilization": "serving.gpu_memory_utilization",
     "kv_cache_dtype": "serving.kv_cache_dtype",
     "reserve_gib": "serving.reserve_gib",
+    "expert_parallel": "serving.expert_parallel",
     "weights_bytes": "model.weights_bytes",
     "config_file": "model.config_file",
     "gpu_memory_gib": "hosts[0].gpus.memory_gib",
@@ -784,6 +807,7 @@ def plan_from_settings(settings: Settings, base_dir: str | Path | None = None) -
             tensor_parallel_size=serving.tp,
             pipeline_parallel_size=serving.pp,
             reserve_gib=serving.reserve_gib,
+            expert_parallel=serving.expert_parallel,
         )
     except PlanError as exc:
         key = _SETTINGS_KEYS.get(exc.field or "", "plan")

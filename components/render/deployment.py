@@ -131,6 +131,7 @@ def engine_launch(settings: Settings, plan: Plan) -> EngineLaunch:
         trust_remote_code=settings.model.trust_remote_code,
         port=s.port,
         distributed_executor_backend=s.distributed_backend if plan.nodes > 1 else None,
+        expert_parallel=plan.expert_parallel,
         extra_args=tuple(s.extra_args),
     )
 

@@ -40,6 +40,7 @@ class EngineLaunch:
     trust_remote_code: bool = False
     port: int = 8000
     distributed_executor_backend: str | None = None
+    expert_parallel: bool = False
     extra_args: tuple[str, ...] = ()
 
 
@@ -143,6 +144,8 @@ def _engine_flags(launch: EngineLaunch) -> list[str]:
         argv.append("--trust-remote-code")
     if launch.distributed_executor_backend:
         argv += ["--distributed-executor-backend", launch.distributed_executor_backend]
+    if launch.expert_parallel:
+        argv.append("--enable-expert-parallel")
     argv += list(launch.extra_args)
     return argv
 

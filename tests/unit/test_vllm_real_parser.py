@@ -129,7 +129,9 @@ def operator_side(raw: dict[str, Any], tmp: Path) -> dict[str, Any]:
     return raw
 
 
-def engine_argvs(stack_file: Path, tmp: Path) -> list[tuple[str, list[str]]]:
+def engine_argvs(
+    stack_file: Path, tmp: Path, serving: dict[str, Any] | None = None
+) -> list[tuple[str, list[str]]]:
     """(label, argv after `python3 -m vllm.entrypoints.openai.api_server` or `vllm serve`:
     the same parser) for every engine command line the program renders for this stack."""
     config = yaml.safe_load(stack_file.read_text())["config"]
@@ -142,6 +144,8 @@ def engine_argvs(stack_file: Path, tmp: Path) -> list[tuple[str, list[str]]]:
             present[bare] = bool(value)
         else:
             raw[bare] = value
+    if serving:
+        raw["serving"] = {**raw.get("serving", {}), **serving}
     raw = operator_side(raw, tmp)
     settings = load_settings(raw, present, base_dir=tmp)
     plan = plan_from_settings(settings, base_dir=tmp)
@@ -156,6 +160,8 @@ def engine_argvs(stack_file: Path, tmp: Path) -> list[tuple[str, list[str]]]:
     argv = vllm_server_argv(dep.launch)
     assert argv[:3] == PREFIX, argv
     label = f"{stack_file.name} (TP {plan.tensor_parallel_size} x PP {plan.pipeline_parallel_size})"
+    if serving:
+        label += f" with {serving}"
     if dep.multi_node is not None:
         # vLLM's own launcher: rank 0's container runs the head script, which execs its
         # `vllm serve`; every other rank runs `vllm serve ... --headless` directly.
@@ -212,6 +218,14 @@ def test_every_rendered_engine_command_line_passes_the_real_vllm_parser(
         work = tmp_path / name
         work.mkdir()
         for label, argv in engine_argvs(path, work):
+            cases.append({"name": label, "argv": argv})
+    # The manual's MoE model with expert parallelism, on both multi-node backends.
+    for backend in ("ray", "mp"):
+        work = tmp_path / f"h20-ep-{backend}"
+        work.mkdir()
+        variant = {"expert_parallel": True, "distributed_backend": backend}
+        for label, argv in engine_argvs(stack_files()["h20"], work, variant):
+            assert "--enable-expert-parallel" in argv
             cases.append({"name": label, "argv": argv})
     assert len(cases) >= len(REQUIRED_STACKS)
     labels = " ".join(c["name"] for c in cases)

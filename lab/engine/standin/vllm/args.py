@@ -98,6 +98,7 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
     parser.add_argument("--distributed-executor-backend", choices=EXECUTOR_BACKENDS, default=None)
     # vLLM's own multi-node launcher (mp executor): the same command on every node.
+    parser.add_argument("--enable-expert-parallel", action="store_true")
     parser.add_argument("--nnodes", type=int, default=1)
     parser.add_argument("--node-rank", type=int, default=0)
     parser.add_argument("--master-addr", type=str, default="127.0.0.1")
