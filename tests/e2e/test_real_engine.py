@@ -16,6 +16,7 @@ other e2e tests: it waits while their serving containers are on the hosts.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -199,23 +200,66 @@ def check_serving(stack: PulumiStack, serving_container: str) -> tuple[str, str,
     return endpoint, key, model
 
 
-def test_multi_node_mp_backend_serves_across_both_hosts(engine_image: Path) -> None:
-    """TP 2 x PP 2 across both lab hosts through vLLM's own launcher: rank 0 on lab-1 serves,
-    lab-2 runs its two ranks headless; gloo carries the tensors between the hosts."""
+@contextmanager
+def simulated_gpus(count: int, hosts: tuple[str, ...]) -> Iterator[None]:
+    """The lab hosts report `count` simulated GPUs for the duration (the lab's fake
+    nvidia-smi and runtime hook read /etc/lab/gpus.json at every call); restored after."""
+    originals = {h: host_exec(h, "cat", "/etc/lab/gpus.json") for h in hosts}
+
+    def write(host: str, text: str) -> None:
+        subprocess.run(
+            ["docker", "exec", "-i", f"vllm-lab-{host}", "sh", "-c", "cat > /etc/lab/gpus.json"],
+            input=text,
+            text=True,
+            check=True,
+        )
+
+    try:
+        for host, text in originals.items():
+            write(host, json.dumps({**json.loads(text), "count": count}))
+        yield
+    finally:
+        for host, text in originals.items():
+            write(host, text)
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2)], ids=["tp2", "pp2"])
+def test_multi_node_mp_backend_serves_across_both_hosts(
+    engine_image: Path, tp: int, pp: int
+) -> None:
+    """TP 2 (or PP 2) across both lab hosts through vLLM's own launcher, one rank per host
+    (each host simulates one GPU for this test): rank 0 on lab-1 serves, lab-2's rank runs
+    headless, gloo carries the tensors between the hosts. (Two CPU ranks per host, TP 2 x
+    PP 2, fail inside vLLM's CPU executor on this 2-core machine: a worker dies while
+    loading, `AssertionError` at `local_message_queue is not None`.)"""
     doc = stack_config(
         hosts=2,
         serving={
-            "tensor_parallel_size": 2,
-            "pipeline_parallel_size": 2,
+            "tensor_parallel_size": tp,
+            "pipeline_parallel_size": pp,
             "distributed_backend": "mp",
-            "gpu_memory_utilization": 0.05,
+            "gpu_memory_utilization": 0.1,
             "reserve_gib": 1,
         },
     )
-    with real_engine_stack("e2e-real-mp", doc, ("1", "2")) as stack:
+    for host in doc["config"][f"{NS}:hosts"]:
+        host["gpus"] = {**host["gpus"], "count": 1}
+    with (
+        simulated_gpus(1, ("1", "2")),
+        real_engine_stack("e2e-real-mp", doc, ("1", "2")) as stack,
+    ):
         started = time.monotonic()
-        stack.up()
+        try:
+            stack.up()
+        finally:
+            # Every rank's whole log, before the containers go with the stack.
+            save_logs(
+                f"real-engine-mp-tp{tp}-pp{pp}.log", [("1", "vllm-server"), ("2", "vllm-headless")]
+            )
         up_s = time.monotonic() - started
+        plan = stack.outputs()["plan"]
+        assert (plan["tensor_parallel_size"], plan["pipeline_parallel_size"]) == (tp, pp)
+        assert plan["nodes"] == 2, plan
         endpoint, key, model = check_serving(stack, "vllm-server")
         assert serving_containers("2") == ["vllm-headless"]
         ok = chat(endpoint, key, model)
@@ -236,10 +280,26 @@ def test_multi_node_mp_backend_serves_across_both_hosts(engine_image: Path) -> N
         stack.destroy()
         assert serving_containers("1") == [] and serving_containers("2") == []
         print(
-            f"\nreal engine, mp TP2 x PP2 on 2 hosts: pulumi up {up_s:.0f} s (engine start "
+            f"\nreal engine, mp TP{tp} x PP{pp} on 2 hosts: pulumi up {up_s:.0f} s (engine start "
             f"{'?' if start_s is None else f'{start_s:.0f}'} s), chat "
             f"{ok.elapsed.total_seconds():.2f} s: {ok.json()['choices'][0]['message']['content']!r}"
         )
+
+
+def save_logs(name: str, containers: list[tuple[str, str]]) -> Path:
+    """`docker logs` of engine containers on lab hosts, into .lab/tmp/<name>."""
+    parts = []
+    for host, container in containers:
+        logs = subprocess.run(
+            ["docker", "exec", f"vllm-lab-{host}", "docker", "logs", container],
+            capture_output=True,
+            text=True,
+        )
+        parts.append(f"===== lab-{host} {container}\n{logs.stdout}{logs.stderr}")
+    out = LAB_DIR / "tmp" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    return out
 
 
 def check_single_node(stack: PulumiStack) -> None:
