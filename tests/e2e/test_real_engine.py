@@ -9,7 +9,8 @@ hosts, checked the same way; through Ray, vLLM's CPU platform has no Ray support
 is expected to fail, and the test checks that it fails with vLLM's own error (recorded in
 lab/vllm-cpu/README.md) - it never pretends the engine served.
 
-Opt-in (REAL_ENGINE=1, set by `make real-engine`): the image is ~7 GB and a run takes minutes.
+Runs with REAL_ENGINE=1, which `make test` and `make real-engine` set (a bare `pytest` skips
+it): the image is ~7 GB and a run takes minutes (measured: 5m20s with the image on the hosts).
 The lab must be up (`make lab-up`); this test never takes it down. The lab is shared with the
 other e2e tests: it waits while their serving containers are on the hosts.
 """
@@ -52,7 +53,7 @@ LAB_BUSY_WAIT_S = float(os.environ.get("REAL_ENGINE_LAB_WAIT_S", "1800"))
 @pytest.fixture(scope="module", autouse=True)
 def opted_in() -> None:
     if os.environ.get("REAL_ENGINE") != "1":
-        pytest.skip("real-engine e2e is opt-in (~7 GB image, minutes): run `make real-engine`")
+        pytest.skip("real-engine e2e needs REAL_ENGINE=1 (~7 GB image, minutes): `make test`")
 
 
 @pytest.fixture(scope="module")
