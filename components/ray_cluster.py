@@ -24,7 +24,11 @@ from components.render.engine import (
     ray_head_script,
     ray_worker_script,
 )
-from components.resources.containers import ContainerSpec, engine_container
+from components.resources.containers import (
+    ContainerSpec,
+    engine_container,
+    node_container_spec,
+)
 from components.vllm_service import gated_endpoint
 
 WORKER_STOP_GRACE_S = 5
@@ -52,6 +56,10 @@ class RayVllmClusterArgs:
     devices: tuple[str, ...] = ()
     depends_on: tuple[pulumi.Resource, ...] = ()
 
+    @property
+    def model_path(self) -> str:
+        return self.launch.model_path
+
 
 class RayVllmCluster(pulumi.ComponentResource):
     """Outputs: `endpoint` on the head once a chat completion has answered."""
@@ -66,24 +74,13 @@ class RayVllmCluster(pulumi.ComponentResource):
         def spec(
             node: RayNode,
             container: str,
-            entrypoint: list[str],
-            command: list[str],
+            script: str,
             labels: dict[str, pulumi.Input[str]],
             stop_grace_s: int,
         ) -> ContainerSpec:
-            return ContainerSpec(
-                container_name=container,
-                entrypoint=entrypoint,
-                command=command,
-                env=node_environment(node.node, args.extra_env, ray=True),
-                model_path=args.launch.model_path,
-                ipc_host=args.ipc_host,
-                shm_size_gib=args.shm_size_gib,
-                privileged=args.privileged,
-                devices=args.devices,
-                labels=labels,
-                stop_grace_s=stop_grace_s,
-            )
+            env = node_environment(node.node, args.extra_env, ray=True)
+            argv = ["bash", "-c", script]
+            return node_container_spec(args, container, argv, env, labels, stop_grace_s)
 
         every_host_ready = [r for n in (args.head, *args.workers) for r in n.host.ready]
         head = engine_container(
@@ -91,8 +88,7 @@ class RayVllmCluster(pulumi.ComponentResource):
             spec(
                 args.head,
                 HEAD_CONTAINER,
-                ["bash"],
-                ["-c", ray_head_script(args.head.node, args.layout, args.launch)],
+                ray_head_script(args.head.node, args.layout, args.launch),
                 {"vllm-cluster.role": "ray-head"},
                 # The head runs the API server: let it finish requests and free the GPUs.
                 30,
@@ -111,8 +107,7 @@ class RayVllmCluster(pulumi.ComponentResource):
                 spec(
                     w,
                     WORKER_CONTAINER,
-                    ["bash"],
-                    ["-c", ray_worker_script(w.node, args.layout)],
+                    ray_worker_script(w.node, args.layout),
                     {"vllm-cluster.role": "ray-worker", "vllm-cluster.head": head.id},
                     # Destroy removes workers before the head; a worker's raylet then waits
                     # for the head's engine actors to let go of its GPUs and would hold

@@ -28,7 +28,11 @@ from components.render.engine import (
     vllm_server_argv,
 )
 from components.render.readiness import ReadinessGate, readiness_script
-from components.resources.containers import ContainerSpec, engine_container
+from components.resources.containers import (
+    ContainerSpec,
+    engine_container,
+    node_container_spec,
+)
 from components.resources.steps import remote_step
 
 # Seconds from SIGTERM to SIGKILL: rank 0 serves requests and frees the GPUs; a headless
@@ -62,6 +66,10 @@ class VllmServiceArgs:
     privileged: bool = False
     devices: tuple[str, ...] = ()
 
+    @property
+    def model_path(self) -> str:
+        return self.launch.model_path
+
 
 class VllmService(pulumi.ComponentResource):
     """Outputs: `endpoint` (http://<host>:<port>/v1) once a chat completion has answered."""
@@ -79,34 +87,21 @@ class VllmService(pulumi.ComponentResource):
         def spec(
             node: NodeNetwork,
             container: str,
-            entrypoint: list[str],
-            command: list[str],
+            argv: list[str],
             labels: dict[str, pulumi.Input[str]],
             stop_grace_s: int,
         ) -> ContainerSpec:
-            return ContainerSpec(
-                container_name=container,
-                entrypoint=entrypoint,
-                command=command,
-                env=node_environment(node, args.extra_env),
-                model_path=args.launch.model_path,
-                ipc_host=args.ipc_host,
-                shm_size_gib=args.shm_size_gib,
-                privileged=args.privileged,
-                devices=args.devices,
-                labels=labels,
-                stop_grace_s=stop_grace_s,
-            )
+            env = node_environment(node, args.extra_env)
+            return node_container_spec(args, container, argv, env, labels, stop_grace_s)
 
         if layout is None:
             argv = vllm_server_argv(args.launch)
-            server_spec = spec(args.node, SERVER_CONTAINER, argv[:1], argv[1:], {}, 30)
+            server_spec = spec(args.node, SERVER_CONTAINER, argv, {}, SERVER_STOP_GRACE_S)
         else:
             server_spec = spec(
                 args.node,
                 SERVER_CONTAINER,
-                ["bash"],
-                ["-c", multi_node_head_script(args.launch, layout)],
+                ["bash", "-c", multi_node_head_script(args.launch, layout)],
                 {"vllm-cluster.role": "rank-0"},
                 SERVER_STOP_GRACE_S,
             )
@@ -134,8 +129,7 @@ class VllmService(pulumi.ComponentResource):
                     spec(
                         n.node,
                         HEADLESS_CONTAINER,
-                        argv[:1],
-                        argv[1:],
+                        argv,
                         {"vllm-cluster.role": f"rank-{rank}", "vllm-cluster.head": server.id},
                         HEADLESS_STOP_GRACE_S,
                     ),

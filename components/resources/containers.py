@@ -8,6 +8,7 @@ container's `envs` are encrypted in state and the key never reaches a command li
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pulumi
 import pulumi_docker as docker
@@ -35,6 +36,46 @@ class ContainerSpec:
     labels: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     # Seconds between SIGTERM and SIGKILL on stop/destroy.
     stop_grace_s: int = 30
+
+
+class EngineSettings(Protocol):
+    """What every engine container of one deployment shares (both serving components'
+    args have these): the weights path, IPC/shm, and InfiniBand's privileges and devices."""
+
+    @property
+    def model_path(self) -> str: ...
+    @property
+    def ipc_host(self) -> bool: ...
+    @property
+    def shm_size_gib(self) -> int: ...
+    @property
+    def privileged(self) -> bool: ...
+    @property
+    def devices(self) -> tuple[str, ...]: ...
+
+
+def node_container_spec(
+    shared: EngineSettings,
+    container_name: str,
+    argv: list[str],
+    env: dict[str, str],
+    labels: dict[str, pulumi.Input[str]],
+    stop_grace_s: int,
+) -> ContainerSpec:
+    """The spec of one node's engine container: `argv[0]` is its entrypoint."""
+    return ContainerSpec(
+        container_name=container_name,
+        entrypoint=argv[:1],
+        command=argv[1:],
+        env=env,
+        model_path=shared.model_path,
+        ipc_host=shared.ipc_host,
+        shm_size_gib=shared.shm_size_gib,
+        privileged=shared.privileged,
+        devices=shared.devices,
+        labels=labels,
+        stop_grace_s=stop_grace_s,
+    )
 
 
 def engine_container(
