@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# shellcheck disable=SC2317  # the build_* functions are called indirectly ("build_$component")
+# shellcheck disable=SC2317  # build_* and compile_* are called indirectly ("build_$component")
 # Build the Pulumi CLI and the plugins this project needs, into $TOOLCHAIN_DIR/bin (.toolchain/bin,
 # gitignored) and PULUMI_HOME. No binary can be downloaded on our machines, so everything is
 # compiled with Go.
@@ -237,31 +237,37 @@ build_python() {
   mark_built python "$key"
 }
 
-# A cached upstream provider binary, built once per archive; registered in PULUMI_HOME on
-# every run (registration is per PULUMI_HOME, i.e. per checkout, and takes a second).
-cached_plugin() { # name version key -> path of the binary when built
-  echo "$TOOLCHAIN_CACHE/plugins/pulumi-resource-$1-$2-${3:0:16}"
+# An upstream provider plugin: its binary is built once per key (the archives' sha256) into
+# the cache by `compile_NAME OUT LOG`, and registered in PULUMI_HOME on every run
+# (registration is per PULUMI_HOME, i.e. per checkout, and takes a second).
+provide_plugin() { # name version key
+  local name="$1" version="$2" key="$3" log="$log_dir/$1.log" out
+  out="$TOOLCHAIN_CACHE/plugins/pulumi-resource-$name-$version-${key:0:16}"
+  : >"$log"
+  if [[ -x "$out" ]]; then
+    say "$name: pulumi-resource-$name $version built ($out)"
+  else
+    say "$name: building the upstream pulumi-resource-$name $version (log: $log)"
+    mkdir -p "$(dirname "$out")"
+    "compile_$name" "$out.tmp" "$log" || return 1
+    mv "$out.tmp" "$out"
+  fi
+  register_plugin "$name" "$version" "$out" "$log"
 }
 
 # pulumi-resource-command 1.2.1 (pulumi-command's provider/).
 build_command() {
-  local log="$log_dir/command.log" tar key out src
+  local tar
   tar="$(archive "pulumi-command-$COMMAND_VERSION.tar.gz")" || return 1
-  key="$(stamp_key command "$COMMAND_VERSION" "$(archive_sha "$tar")")"
-  out="$(cached_plugin command "$COMMAND_VERSION" "$key")"
-  : >"$log"
-  if [[ -x "$out" ]]; then
-    say "command: pulumi-resource-command $COMMAND_VERSION built ($out)"
-  else
-    say "command: building the upstream pulumi-resource-command $COMMAND_VERSION (log: $log)"
-    src="$(extract "$tar" "pulumi-command-$COMMAND_VERSION")/provider"
-    mkdir -p "$(dirname "$out")"
-    (cd "$src" && run_logged "$log" nice -n 10 "$GO" build -trimpath -o "$out.tmp" \
-      -ldflags "-s -w -X github.com/pulumi/pulumi-command/provider/pkg/version.Version=$COMMAND_VERSION" \
-      ./cmd/pulumi-resource-command) || return 1
-    mv "$out.tmp" "$out"
-  fi
-  register_plugin command "$COMMAND_VERSION" "$out" "$log"
+  provide_plugin command "$COMMAND_VERSION" \
+    "$(stamp_key command "$COMMAND_VERSION" "$(archive_sha "$tar")" "$(declare -f compile_command)")"
+}
+compile_command() { # out log
+  local src
+  src="$(extract "$UPSTREAM_DIR/pulumi-command-$COMMAND_VERSION.tar.gz" "pulumi-command-$COMMAND_VERSION")/provider"
+  (cd "$src" && run_logged "$2" nice -n 10 "$GO" build -trimpath -o "$1" \
+    -ldflags "-s -w -X github.com/pulumi/pulumi-command/provider/pkg/version.Version=$COMMAND_VERSION" \
+    ./cmd/pulumi-resource-command)
 }
 
 # pulumi-resource-docker 5.1.0: pulumi-docker's provider/, with its upstream
@@ -269,32 +275,26 @@ build_command() {
 # upstream's own Makefile prepares it; main.go embeds schema-embed.json, which generate.go
 # writes from schema.json.
 build_docker() {
-  local log="$log_dir/docker.log" tar tf_tar key out root p
+  local tar tf_tar
   tar="$(archive "pulumi-docker-$DOCKER_VERSION.tar.gz")" || return 1
   tf_tar="$(archive "terraform-provider-docker-$TF_DOCKER_VERSION.tar.gz")" || return 1
-  key="$(stamp_key docker "$DOCKER_VERSION" "$(archive_sha "$tar")" "$(archive_sha "$tf_tar")")"
-  out="$(cached_plugin docker "$DOCKER_VERSION" "$key")"
-  : >"$log"
-  if [[ -x "$out" ]]; then
-    say "docker: pulumi-resource-docker $DOCKER_VERSION built ($out)"
-  else
-    say "docker: building the upstream pulumi-resource-docker $DOCKER_VERSION (log: $log)"
-    root="$(extract "$tar" "pulumi-docker-$DOCKER_VERSION")"
-    rm -rf "$root/upstream"
-    mkdir -p "$root/upstream"
-    tar -xzf "$tf_tar" -C "$root/upstream" --strip-components=1
-    for p in "$root"/patches/*.patch; do
-      (cd "$root/upstream" && run_logged "$log" patch -p1 -i "$p") || return 1
-    done
-    (cd "$root/provider/cmd/pulumi-resource-docker" &&
-      VERSION="$DOCKER_VERSION" run_logged "$log" "$GO" run ./generate.go) || return 1
-    mkdir -p "$(dirname "$out")"
-    (cd "$root/provider" && run_logged "$log" nice -n 10 "$GO" build -trimpath -o "$out.tmp" \
-      -ldflags "-s -w -X github.com/pulumi/pulumi-docker/provider/v5/pkg/version.Version=$DOCKER_VERSION" \
-      ./cmd/pulumi-resource-docker) || return 1
-    mv "$out.tmp" "$out"
-  fi
-  register_plugin docker "$DOCKER_VERSION" "$out" "$log"
+  provide_plugin docker "$DOCKER_VERSION" "$(stamp_key docker "$DOCKER_VERSION" \
+    "$(archive_sha "$tar")" "$(archive_sha "$tf_tar")" "$(declare -f compile_docker)")"
+}
+compile_docker() { # out log
+  local root p
+  root="$(extract "$UPSTREAM_DIR/pulumi-docker-$DOCKER_VERSION.tar.gz" "pulumi-docker-$DOCKER_VERSION")"
+  mkdir -p "$root/upstream"
+  tar -xzf "$UPSTREAM_DIR/terraform-provider-docker-$TF_DOCKER_VERSION.tar.gz" \
+    -C "$root/upstream" --strip-components=1
+  for p in "$root"/patches/*.patch; do
+    (cd "$root/upstream" && run_logged "$2" patch -p1 -i "$p") || return 1
+  done
+  (cd "$root/provider/cmd/pulumi-resource-docker" &&
+    VERSION="$DOCKER_VERSION" run_logged "$2" "$GO" run ./generate.go) || return 1
+  (cd "$root/provider" && run_logged "$2" nice -n 10 "$GO" build -trimpath -o "$1" \
+    -ldflags "-s -w -X github.com/pulumi/pulumi-docker/provider/v5/pkg/version.Version=$DOCKER_VERSION" \
+    ./cmd/pulumi-resource-docker)
 }
 
 # ---------------------------------------------------------------------------------------
