@@ -36,7 +36,9 @@ def test_serving_lock_releases_the_demo_stack(lab: Any) -> None:
         )
         assert demo.returncode == 0, f"{demo.stdout[-4000:]}\n{demo.stderr[-4000:]}"
     assert demo_resource_count() > 0
-    assert containers_on("1") == ["vllm-ray-head"]
+    # Pulumi.lab.yaml serves across both hosts through vLLM's own launcher (the default).
+    assert containers_on("1") == ["vllm-server"]
+    assert containers_on("2") == ["vllm-headless"]
     with lab_serving_lock():
         assert demo_resource_count() == 0
         assert containers_on("1") == [] and containers_on("2") == []
