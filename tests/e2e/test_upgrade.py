@@ -104,12 +104,18 @@ def previous_release_stack(
     name = unique_stack_name("e2e-upgrade")
     before = PulumiStack(old.root, name, env=upgrade_env, pulumi=pulumi)
     after = PulumiStack(REPO, name, env=upgrade_env, pulumi=pulumi)
-    config_files = [d / f"Pulumi.{name}.yaml" for d in (old.root, REPO)]
+    # The stack's config as it was, and as the upgrade notes say to change it: the previous
+    # release served several nodes through Ray only; this one defaults to vLLM's own
+    # launcher, so a multi-node stack keeps Ray (and its running containers) by saying so.
+    configs = {
+        old.root / f"Pulumi.{name}.yaml": lab_config(),
+        REPO / f"Pulumi.{name}.yaml": lab_config({"serving": {"distributed_backend": "ray"}}),
+    }
     with lab_serving_lock():
         before.run("stack", "init")
         try:
-            for path in config_files:
-                path.write_text(yaml.safe_dump(lab_config(), sort_keys=False))
+            for path, doc in configs.items():
+                path.write_text(yaml.safe_dump(doc, sort_keys=False))
             deployed = before.up()
             print(f"\nprevious release: up {deployed.duration_s:.1f} s")
             out = before.outputs(show_secrets=True)
@@ -122,7 +128,7 @@ def previous_release_stack(
             if any(s.get("name") == name for s in list_stacks(REPO, upgrade_env, pulumi)):
                 after.destroy(check=False)
                 after.remove(check=False)
-            for path in config_files:
+            for path in configs:
                 path.unlink(missing_ok=True)
 
 
