@@ -14,6 +14,7 @@ from typing import Any
 
 import pulumi
 import pulumi_docker as docker
+from pulumi_command import local, remote
 
 from components.render.deployment import HostScripts
 from components.render.ssh import SshTarget
@@ -60,10 +61,8 @@ class GpuHost(pulumi.ComponentResource):
         def after_previous() -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=list(previous))
 
-        def on_host(
-            role: str, script: str, triggers: list[Any] | None = None
-        ) -> pulumi.CustomResource:
-            cmd: pulumi.CustomResource = remote_step(
+        def on_host(role: str, script: str, triggers: list[Any] | None = None) -> remote.Command:
+            cmd = remote_step(
                 f"{name}-{role}",
                 args.connection,
                 script,
@@ -73,12 +72,8 @@ class GpuHost(pulumi.ComponentResource):
             previous[:] = [cmd]
             return cmd
 
-        def from_here(
-            role: str, script: str, triggers: list[Any] | None = None
-        ) -> pulumi.CustomResource:
-            cmd: pulumi.CustomResource = local_step(
-                f"{name}-{role}", script, triggers=triggers, opts=after_previous()
-            )
+        def from_here(role: str, script: str, triggers: list[Any] | None = None) -> local.Command:
+            cmd = local_step(f"{name}-{role}", script, triggers=triggers, opts=after_previous())
             previous[:] = [cmd]
             return cmd
 
@@ -89,10 +84,7 @@ class GpuHost(pulumi.ComponentResource):
             from_here("deb-copy", s.deb_copy_local)
         if s.docker_setup:
             on_host("docker-install", s.docker_setup)
-        preflight = remote_step(
-            f"{name}-preflight", args.connection, s.preflight, opts=after_previous()
-        )
-        previous[:] = [preflight]
+        preflight = on_host("preflight", s.preflight)
         self.facts = preflight.stdout.apply(_last_json_line)
         self.checked = [preflight]
 
@@ -107,7 +99,9 @@ class GpuHost(pulumi.ComponentResource):
             )
             triggers = [check.generation]
         if s.image_load_local:
-            load = from_here("image-load", s.image_load_local, triggers=triggers)
+            load: pulumi.CustomResource = from_here(
+                "image-load", s.image_load_local, triggers=triggers
+            )
         elif s.image_pull:
             load = on_host("image-pull", s.image_pull, triggers=triggers)
         else:
