@@ -160,10 +160,10 @@ def _mount_point(v: str) -> str:
 
 
 def _device(v: str) -> str:
-    if not re.fullmatch(r"/dev/[A-Za-z0-9._/-]+", v):
+    if not re.fullmatch(r"/dev/[A-Za-z0-9._/:-]+", v):
         raise ValueError(f"must be a block device path under /dev (e.g. /dev/nvme1n1), got {v!r}")
     try:
-        return check_host_path(v, min_components=2)
+        return check_host_path(v, min_components=2, colon=True)
     except ValueError as exc:
         raise ValueError(f"must be a block device path under /dev: {exc}") from None
 

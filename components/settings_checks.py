@@ -273,14 +273,16 @@ def normalised(value: str) -> str:
     return "/" + "/".join(parts)
 
 
-def check_host_path(value: str, *, min_components: int = 1) -> str:
+def check_host_path(value: str, *, min_components: int = 1, colon: bool = False) -> str:
     """An absolute path on the hosts, written normalised (it goes into shell commands, Docker
-    mounts, fstab and the checks that compare it with system directories)."""
+    mounts, fstab and the checks that compare it with system directories). `colon`: ':' is
+    allowed too (device names under /dev/disk/by-path have it; a mount would misread it)."""
     if not value.startswith("/"):
         raise ValueError(f"must be an absolute path (starting with /), got {value!r}")
-    if not re.fullmatch(r"/[A-Za-z0-9._/@+-]*", value):
+    if not re.fullmatch(r"/[A-Za-z0-9._/@+:-]*" if colon else r"/[A-Za-z0-9._/@+-]*", value):
+        allowed = ". _ / @ + - :" if colon else ". _ / @ + -"
         raise ValueError(
-            "may only contain letters, digits and . _ / @ + - (it goes into shell commands "
+            f"may only contain letters, digits and {allowed} (it goes into shell commands "
             f"and Docker mounts), got {value!r}"
         )
     parts = [p for p in value.split("/") if p]
