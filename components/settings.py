@@ -4,12 +4,17 @@
 `Settings`, or raises `SettingsError` listing *every* problem at once, one line each, named
 by the key path the user writes (`hosts[1].address`, `serving.gpu_memory_utilization`,
 `vllm-cluster:apiKey`) with what is expected and how to fix it. Secret values never enter
-this model: only whether each secret is set.
+this model: only whether each secret is set (and, to refuse it, whether one was set in
+plain text).
 
 Field-level rules live on the pydantic models below (pydantic reports all of them in one
-pass); rules that relate several keys (unique hosts, identical GPUs, exactly one SSH key
-source, ...) run over the raw values in `_cross_checks`, so they are reported in the same
-pass even when other fields are broken.
+pass; value rules that need more than a pattern, such as engine flags as vLLM's parser reads
+them, are in components/settings_checks.py). Rules that relate several keys (unique hosts,
+identical GPUs, ports that must differ, exactly one SSH key source, ...) run in
+`_cross_checks` over each field's *validated* value, one field at a time, so they are reported
+in the same pass even when other fields are broken and never see a value pydantic would
+still coerce (`'8000'`, `true`). Files on the operator machine are checked last
+(`_file_checks`). components/settings_source.py reads all of it from Pulumi's config.
 """
 
 from __future__ import annotations
@@ -137,10 +142,6 @@ def _host_key(v: str) -> str:
     return v.strip()
 
 
-def _abs_path(v: str) -> str:
-    return check_host_path(v)
-
-
 def _model_path(v: str) -> str:
     # Weights are verified, fanned out and (keep_on_destroy: false) removed as a whole
     # directory: it must be the model's own, not a top-level directory like /data.
@@ -262,7 +263,6 @@ Int = Annotated[int, BeforeValidator(_no_bool), BeforeValidator(_whole)]
 Float = Annotated[float, BeforeValidator(_no_bool)]
 Bool = Annotated[bool, PlainValidator(_bool)]
 Port = Annotated[Int, Field(ge=1, le=65535)]
-AbsPath = Annotated[str, AfterValidator(_abs_path)]
 ParallelSize = Annotated[int | Literal["auto"], PlainValidator(_parallel)]
 NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(_no_control)]
 
