@@ -130,6 +130,7 @@ def _ifname(v: str) -> str:
 
 
 def _host_key(v: str) -> str:
+    _no_control(v.strip())
     if not re.fullmatch(
         r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
         r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( \S.*)?",
@@ -189,6 +190,7 @@ def _private_key_file(v: str) -> str:
 
 
 def _url(v: str) -> str:
+    _no_control(v)
     m = re.fullmatch(r"https?://([^/\s]+)(/\S*)?", v)
     if not m:
         raise ValueError(f"must be an http:// or https:// URL, got {v!r}")

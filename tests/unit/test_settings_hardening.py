@@ -277,6 +277,12 @@ CASES: list[tuple[str, Mutator, str, str]] = [
         "ssh.private_key_file",
         "public key",
     ),
+    (
+        "host key comment with NUL",
+        _set("hosts.0.host_key", HOST_KEY + " me\0x"),
+        "hosts[0].host_key",
+        "control characters",
+    ),
     ("shm half a GiB", _set("serving.shm_size_gib", 0.5), "serving.shm_size_gib", "whole number"),
 ]
 
