@@ -25,25 +25,24 @@ from components.render.operator_files import (
 )
 from components.resources.containers import deployment_owner
 from components.resources.steps import Bastion, HostConnection
-from components.settings import (
-    CONFIG_KEYS,
-    NAMESPACE,
-    SECRET_KEYS,
-    Settings,
-    SettingsError,
-    load_settings,
-)
+from components.settings import NAMESPACE, Settings, SettingsError, load_settings
+from components.settings_source import read_stack_config
 from components.vllm_service import HeadlessNode, VllmService, VllmServiceArgs
 
 PROJECT_DIR = Path.cwd()
 
 
 def read_settings(config: pulumi.Config) -> Settings:
-    raw = {key: config.get_object(key) for key in CONFIG_KEYS}
-    # Presence only: the values stay in Pulumi secrets and never enter the settings model.
-    present = {key: bool(get_config(f"{NAMESPACE}:{key}")) for key in SECRET_KEYS}
+    # Every key of the namespace (unknown ones are refused) and, for the secrets, presence
+    # and whether each is a Pulumi secret: the values never enter the settings model.
+    stack = read_stack_config(config)
     try:
-        return load_settings(raw, present, base_dir=PROJECT_DIR)
+        return load_settings(
+            stack.raw,
+            stack.secrets_present,
+            base_dir=PROJECT_DIR,
+            plaintext_secrets=stack.plaintext_secrets,
+        )
     except SettingsError as exc:
         raise pulumi.RunError(str(exc)) from None
 

@@ -4,22 +4,26 @@
 `Settings`, or raises `SettingsError` listing *every* problem at once, one line each, named
 by the key path the user writes (`hosts[1].address`, `serving.gpu_memory_utilization`,
 `vllm-cluster:apiKey`) with what is expected and how to fix it. Secret values never enter
-this model: only whether each secret is set.
+this model: only whether each secret is set (and, to refuse it, whether one was set in
+plain text).
 
 Field-level rules live on the pydantic models below (pydantic reports all of them in one
-pass); rules that relate several keys (unique hosts, identical GPUs, exactly one SSH key
-source, ...) run over the raw values in `_cross_checks`, so they are reported in the same
-pass even when other fields are broken.
+pass; value rules that need more than a pattern, such as engine flags as vLLM's parser reads
+them, are in components/settings_checks.py). Rules that relate several keys (unique hosts,
+identical GPUs, ports that must differ, exactly one SSH key source, ...) run in
+`_cross_checks` over each field's *validated* value, one field at a time, so they are reported
+in the same pass even when other fields are broken and never see a value pydantic would
+still coerce (`'8000'`, `true`). Files on the operator machine are checked last
+(`_file_checks`). components/settings_source.py reads all of it from Pulumi's config.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import ipaddress
+import json
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import UnionType
@@ -32,43 +36,36 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    TypeAdapter,
     ValidationError,
 )
+from pydantic_core import PydanticUndefined
 
+from components.plan.model_config import INDEX_FILE
 from components.render.shell.storage import FORBIDDEN_MOUNT_POINTS
+from components.settings_checks import (
+    check_address,
+    check_env_name,
+    check_env_value,
+    check_extra_arg,
+    check_host_path,
+    is_loopback,
+)
 
 NAMESPACE = "vllm-cluster"
 CONFIG_KEYS = ("hosts", "ssh", "model", "image", "serving", "docker")
 SECRET_KEYS = ("apiKey", "sshPrivateKey", "hubToken")
 HUB_SOURCES = ("modelscope", "huggingface")
 
-# vLLM flags the program sets from other keys; extra_args must not override them.
-_OWNED_FLAGS = {
-    "--model": "model.path",
-    "--served-model-name": "model.served_name",
-    "--host": "(always 0.0.0.0)",
-    "--port": "serving.port",
-    "--tensor-parallel-size": "serving.tensor_parallel_size",
-    "-tp": "serving.tensor_parallel_size",
-    "--pipeline-parallel-size": "serving.pipeline_parallel_size",
-    "-pp": "serving.pipeline_parallel_size",
-    "--max-model-len": "serving.max_model_len",
-    "--max-num-seqs": "serving.max_num_seqs",
-    "--gpu-memory-utilization": "serving.gpu_memory_utilization",
-    "--kv-cache-dtype": "serving.kv_cache_dtype",
-    "--trust-remote-code": "model.trust_remote_code",
-    "--distributed-executor-backend": "(ray for several nodes, set by the program)",
-    "--api-key": "the secret vllm-cluster:apiKey",
-}
-# Environment the program sets per node; extra_env must not override it.
-_OWNED_ENV = {
-    "VLLM_HOST_IP": "hosts[].address",
-    "NCCL_SOCKET_IFNAME": "serving.nccl_socket_ifname (or hosts[].nic)",
-    "GLOO_SOCKET_IFNAME": "serving.gloo_socket_ifname (or hosts[].nic)",
-    "NCCL_IB_HCA": "serving.infiniband.hca",
-    "RAY_NODE_IP_ADDRESS": "hosts[].address",
-}
-_SECRET_ENV = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE_?KEY", re.IGNORECASE)
+# The largest checkpoint model.weights_bytes may name (1 PiB): beyond any model served today,
+# and far below where the planner's float arithmetic overflows.
+MAX_WEIGHTS_BYTES = 2**50
+GIB = 2**30
+# The fan-out step names its state after both hosts: f"{head}-to-{target}" must be a name
+# of at most 63 characters (components/render/shell/_common.py check_name).
+_MAX_PAIR_NAME = 63
+# Mount points under these would hide a kernel or runtime filesystem.
+_PSEUDO_FS = ("/proc", "/sys", "/dev", "/run", "/boot")
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,21 +82,37 @@ def _host_name(v: str) -> str:
 
 
 def _address(v: str) -> str:
-    try:
-        ipaddress.ip_address(v)
+    return check_address(v)
+
+
+def _no_bool(v: Any) -> Any:
+    # pydantic's lax mode reads true as 1 (`port: true` would be SSH port 1); numeric
+    # strings ('8000', as `pulumi config set --path` may store them) stay accepted.
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number, not {str(v).lower()}")
+    return v
+
+
+def _bool(v: Any) -> Any:
+    # Only true/false (YAML booleans, or the words as `pulumi config set --path` stores
+    # them): lax mode would also read 1, 'yes', 'on', 'y' as true, e.g. for allow_format.
+    if isinstance(v, bool):
         return v
-    except ValueError:
-        pass
-    labels = v.rstrip(".").split(".")
-    if (
-        len(v) <= 253
-        and all(
-            re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in labels
-        )
-        and not all(label.isdigit() for label in labels)
-    ):
-        return v
-    raise ValueError(f"must be an IPv4/IPv6 address or a DNS name, got {v!r}")
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise ValueError(f"must be true or false, got {v!r}")
+
+
+def _whole(v: Any) -> Any:
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError(f"must be a whole number, got {v!r}")
+    return v
+
+
+def _no_control(v: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise ValueError(f"must not contain control characters (NUL, newline, ...), got {v!r}")
+    return v
 
 
 def _unix_user(v: str) -> str:
@@ -117,6 +130,7 @@ def _ifname(v: str) -> str:
 
 
 def _host_key(v: str) -> str:
+    _no_control(v.strip())
     if not re.fullmatch(
         r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
         r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( \S.*)?",
@@ -129,33 +143,54 @@ def _host_key(v: str) -> str:
     return v.strip()
 
 
-def _abs_path(v: str) -> str:
-    if not v.startswith("/"):
-        raise ValueError(f"must be an absolute path (starting with /), got {v!r}")
-    if not re.fullmatch(r"/[A-Za-z0-9._/@+-]*", v):
-        raise ValueError(
-            "may only contain letters, digits and . _ / @ + - (it goes into shell commands "
-            f"and Docker mounts), got {v!r}"
-        )
-    if v.rstrip("/") == "" or ".." in v.split("/"):
-        raise ValueError(f"must name a directory below / without '..', got {v!r}")
-    return posixpath.normpath(v)
+def _model_path(v: str) -> str:
+    # Weights are verified, fanned out and (keep_on_destroy: false) removed as a whole
+    # directory: it must be the model's own, not a top-level directory like /data.
+    return check_host_path(v, min_components=2)
 
 
 def _mount_point(v: str) -> str:
-    v = _abs_path(v)
+    v = check_host_path(v)
     if v in FORBIDDEN_MOUNT_POINTS:
         raise ValueError(f"{v} is a system directory; mount the data disk elsewhere (e.g. /data01)")
+    if any(v.startswith(p + "/") for p in _PSEUDO_FS):
+        raise ValueError(
+            f"{v} is inside a kernel or runtime filesystem; mount the data disk elsewhere "
+            "(e.g. /data01)"
+        )
     return v
 
 
 def _device(v: str) -> str:
-    if not re.fullmatch(r"/dev/[A-Za-z0-9._/-]+", v):
+    if not re.fullmatch(r"/dev/[A-Za-z0-9._/:-]+", v):
         raise ValueError(f"must be a block device path under /dev (e.g. /dev/nvme1n1), got {v!r}")
+    try:
+        return check_host_path(v, min_components=2, colon=True)
+    except ValueError as exc:
+        raise ValueError(f"must be a block device path under /dev: {exc}") from None
+
+
+def _revision(v: str) -> str:
+    # A branch, tag or commit; it reaches the hub CLI's command line on the hosts.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}", v) or ".." in v:
+        raise ValueError(
+            "must be a branch, tag or commit (letters, digits and . _ / -, not starting "
+            f"with . / or -, no '..'), got {v!r}"
+        )
+    return v
+
+
+def _private_key_file(v: str) -> str:
+    if v.endswith(".pub"):
+        raise ValueError(
+            f"{v!r} is a public key (.pub); give the private key file beside it "
+            f"({v.removesuffix('.pub')!r})"
+        )
     return v
 
 
 def _url(v: str) -> str:
+    _no_control(v)
     m = re.fullmatch(r"https?://([^/\s]+)(/\S*)?", v)
     if not m:
         raise ValueError(f"must be an http:// or https:// URL, got {v!r}")
@@ -205,6 +240,15 @@ def _parallel(v: Any) -> int | Literal["auto"]:
     raise ValueError(f"must be 'auto' or a positive integer, got {v!r}")
 
 
+def _shm_gib(v: Any) -> Any:
+    if isinstance(v, float) and not v.is_integer():
+        raise ValueError(
+            f"must be a whole number of GiB (Docker gets it as an integer), got {v!r}; "
+            f"write {max(1, round(v))}"
+        )
+    return v
+
+
 def _scalar_to_str(v: Any) -> Any:
     # YAML turns `- 8192` into a number; command-line words and env values are strings.
     if isinstance(v, int | float) and not isinstance(v, bool):
@@ -212,38 +256,17 @@ def _scalar_to_str(v: Any) -> Any:
     return v
 
 
-def _extra_arg(arg: str) -> str:
-    flag = arg.split("=", 1)[0]
-    if flag in _OWNED_FLAGS:
-        raise ValueError(
-            f"{flag!r} is set by the program from {_OWNED_FLAGS[flag]}; set it there instead"
-        )
-    return arg
-
-
-def _env_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(f"{name!r} is not a valid environment variable name")
-    if name in _OWNED_ENV:
-        raise ValueError(
-            f"{name} is set per node by the program from {_OWNED_ENV[name]}; set that instead"
-        )
-    if _SECRET_ENV.search(name):
-        raise ValueError(
-            f"{name} looks like a secret, but extra_env is stored in plain text; use the secrets "
-            f"{NAMESPACE}:apiKey / {NAMESPACE}:hubToken (`pulumi config set --secret ...`)"
-        )
-    return name
-
-
 HostName = Annotated[str, AfterValidator(_host_name)]
 Address = Annotated[str, AfterValidator(_address)]
 UnixUser = Annotated[str, AfterValidator(_unix_user)]
 IfName = Annotated[str, AfterValidator(_ifname)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-AbsPath = Annotated[str, AfterValidator(_abs_path)]
+# Numbers: no booleans (lax mode reads true as 1), whole numbers for ints.
+Int = Annotated[int, BeforeValidator(_no_bool), BeforeValidator(_whole)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Bool = Annotated[bool, PlainValidator(_bool)]
+Port = Annotated[Int, Field(ge=1, le=65535)]
 ParallelSize = Annotated[int | Literal["auto"], PlainValidator(_parallel)]
-NonEmpty = Annotated[str, Field(min_length=1)]
+NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(_no_control)]
 
 
 class _Model(BaseModel):
@@ -255,9 +278,9 @@ class _Model(BaseModel):
 
 
 class GpuSpec(_Model):
-    count: int = Field(ge=1, le=64, description="GPUs per host")
+    count: Int = Field(ge=1, le=64, description="GPUs per host")
     model: NonEmpty = Field(description='GPU model as nvidia-smi names it, e.g. "NVIDIA H20"')
-    memory_gib: float = Field(
+    memory_gib: Float = Field(
         gt=0,
         le=1024,
         description="memory per GPU: the label (96 for a 96 GB H20) or nvidia-smi "
@@ -271,7 +294,7 @@ class Storage(_Model):
     )
     filesystem: Literal["xfs", "ext4"] = Field(description="xfs or ext4")
     mount_point: Annotated[str, AfterValidator(_mount_point)] = Field(description="e.g. /data01")
-    allow_format: bool = Field(
+    allow_format: Bool = Field(
         default=False,
         description="format the device if it has no filesystem; never formats one holding data",
     )
@@ -301,13 +324,13 @@ class Bastion(_Model):
 
 
 class SshSettings(_Model):
-    private_key_file: NonEmpty | None = Field(
+    private_key_file: Annotated[NonEmpty, AfterValidator(_private_key_file)] | None = Field(
         default=None,
         description="private key file on this machine (or the secret vllm-cluster:sshPrivateKey)",
     )
     known_hosts_file: NonEmpty | None = None
     bastion: Bastion | None = None
-    connect_timeout_s: int = Field(default=10, ge=1, le=600)
+    connect_timeout_s: Int = Field(default=10, ge=1, le=600)
 
 
 class ModelSettings(_Model):
@@ -317,10 +340,12 @@ class ModelSettings(_Model):
     source: Literal["modelscope", "huggingface", "local"] = Field(
         description="modelscope, huggingface or local"
     )
-    revision: NonEmpty | None = None
-    path: AbsPath = Field(description="absolute path of the weights on every node")
+    revision: Annotated[str, AfterValidator(_revision)] | None = None
+    path: Annotated[str, AfterValidator(_model_path)] = Field(
+        description="absolute path of the weights on every node (at least two levels deep)"
+    )
     served_name: Annotated[str, AfterValidator(_served_name)] | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: Bool = False
     local_dir: NonEmpty | None = Field(
         default=None, description="weights directory on this machine (source=local)"
     )
@@ -328,8 +353,11 @@ class ModelSettings(_Model):
         default=None,
         description="config.json on this machine for planning (default <local_dir>/config.json)",
     )
-    weights_bytes: int | None = Field(
-        default=None, gt=0, description="checkpoint size in bytes for planning"
+    weights_bytes: Int | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_WEIGHTS_BYTES,
+        description="checkpoint size in bytes for planning",
     )
     hub_endpoint: Annotated[str, AfterValidator(_url)] | None = None
     distribute: Literal["fanout", "each"] | None = Field(
@@ -338,7 +366,7 @@ class ModelSettings(_Model):
         "each: every host fetches for itself. Default: fanout for hub sources (one download), "
         "each for source=local (the operator machine pushes to every host, as the manual does)",
     )
-    keep_on_destroy: bool = True
+    keep_on_destroy: Bool = True
     verify: Literal["sizes", "sha256"] = "sizes"
 
     @property
@@ -378,7 +406,7 @@ class ImageSettings(_Model):
     tarball: NonEmpty | None = Field(
         default=None, description="image tarball on this machine: copied, then `docker load`"
     )
-    pull: bool | None = Field(
+    pull: Bool | None = Field(
         default=None, description="pull from a registry (default: true without a tarball)"
     )
 
@@ -388,7 +416,7 @@ class ImageSettings(_Model):
 
 
 class Infiniband(_Model):
-    enabled: bool = False
+    enabled: Bool = False
     hca: (
         Annotated[str, Field(pattern=r"^[=^]?[A-Za-z0-9_]+(:\d+)?(,[A-Za-z0-9_]+(:\d+)?)*$")] | None
     ) = None
@@ -396,35 +424,37 @@ class Infiniband(_Model):
 
 class ServingSettings(_Model):
     port: Port = 8000
-    max_model_len: int | None = Field(
+    max_model_len: Int | None = Field(
         default=None, gt=0, description="default: the model's context length"
     )
-    max_num_seqs: int = Field(default=256, gt=0)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    max_num_seqs: Int = Field(default=256, gt=0)
+    gpu_memory_utilization: Float = Field(default=0.9, gt=0, le=1)
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
     tensor_parallel_size: ParallelSize = "auto"
     pipeline_parallel_size: ParallelSize = "auto"
     extra_args: tuple[
-        Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(_extra_arg)], ...
+        Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(check_extra_arg)], ...
     ] = ()
     extra_env: dict[
-        Annotated[str, AfterValidator(_env_name)],
-        Annotated[str, BeforeValidator(_scalar_to_str)],
+        Annotated[str, AfterValidator(check_env_name)],
+        Annotated[str, BeforeValidator(_scalar_to_str), AfterValidator(check_env_value)],
     ] = Field(default_factory=dict)
     nccl_socket_ifname: IfName | None = None
     gloo_socket_ifname: IfName | None = None
     infiniband: Infiniband = Infiniband()
-    ipc_host: bool = True
-    shm_size_gib: float = Field(default=16, gt=0, le=1024)
-    ready_timeout_s: int | None = Field(default=None, ge=30)
-    reserve_gib: float | None = Field(default=None, ge=0, le=1024)
+    ipc_host: Bool = True
+    shm_size_gib: Annotated[Int, BeforeValidator(_shm_gib)] = Field(
+        default=16, gt=0, le=1024, description="/dev/shm of the engine containers, whole GiB"
+    )
+    ready_timeout_s: Int | None = Field(default=None, ge=30)
+    reserve_gib: Float | None = Field(default=None, ge=0, le=1024)
     # How several nodes serve one model. mp: vLLM's own launcher (--nnodes/--node-rank/
     # --master-addr, no Ray: what current vLLM images support; the official image has no
     # Ray since v0.18). ray: a Ray cluster (images that carry Ray, like the manual's).
     distributed_backend: Literal["mp", "ray"] = Field(
         default="mp", description="mp (vLLM's own multi-node launcher) or ray"
     )
-    expert_parallel: bool = Field(
+    expert_parallel: Bool = Field(
         default=False,
         description="MoE: whole experts per GPU over the TP group (--enable-expert-parallel)",
     )
@@ -446,7 +476,7 @@ class ServingSettings(_Model):
 
 
 class DockerSettings(_Model):
-    install: bool = False
+    install: Bool = False
     deb_dir: NonEmpty | None = Field(
         default=None, description="directory of docker .deb files on this machine"
     )
@@ -662,73 +692,55 @@ def _from_pydantic(err: ValidationError) -> list[Problem]:
 
 
 # ---------------------------------------------------------------------------------------
-# Cross-key rules, over the raw values (tolerant of anything malformed: pydantic reports that)
+# Cross-key rules. They compare values *after* each field's own validation (so `port: '8000'`
+# is 8000 and `port: true` is refused, never 1), one field at a time, so that they are
+# reported in the same pass even when other fields are broken: a field that is invalid is
+# None here (its own rule reports it) and the rules that need it are skipped.
 
 
 def _obj(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _valid_gpu_value(key: str, value: Any) -> bool:
-    if key == "model":
-        return isinstance(value, str) and bool(value)
-    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+def _items(value: Any) -> list[Mapping[str, Any]]:
+    return [_obj(v) for v in value] if isinstance(value, list | tuple) else []
+
+
+_ADAPTERS: dict[tuple[type[BaseModel], str], TypeAdapter[Any]] = {}
+
+
+def _coerced(model: type[BaseModel], raw: Mapping[str, Any], key: str) -> Any:
+    """raw[key] as `model`'s field `key` validates it; the field's default when absent; None
+    when invalid (or required and absent)."""
+    field = model.model_fields[key]
+    if key not in raw:
+        default = field.get_default(call_default_factory=True)
+        return None if default is PydanticUndefined else default
+    adapter = _ADAPTERS.get((model, key))
+    if adapter is None:
+        tp: Any = field.annotation
+        if field.metadata:
+            tp = Annotated.__class_getitem__((tp, *field.metadata))  # type: ignore[attr-defined]
+        adapter = TypeAdapter(tp)
+        _ADAPTERS[model, key] = adapter
+    try:
+        return adapter.validate_python(raw[key])
+    except ValidationError:
+        return None
+
+
+def _is_set(raw: Mapping[str, Any], key: str) -> bool:
+    """Whether the user set `key` at all (whatever its value's validity)."""
+    return raw.get(key) not in (None, "")
 
 
 def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Problem]:
     out: list[Problem] = []
-    hosts = raw.get("hosts")
-    hosts = [h if isinstance(h, Mapping) else {} for h in hosts] if isinstance(hosts, list) else []
-
-    seen_names: dict[str, int] = {}
-    seen_addrs: dict[str, int] = {}
-    for i, h in enumerate(hosts):
-        name, addr = h.get("name"), h.get("address")
-        if isinstance(name, str):
-            if name.lower() in seen_names:
-                out.append(
-                    Problem(
-                        f"hosts[{i}].name",
-                        f"{name!r} is already used by hosts[{seen_names[name.lower()]}]; "
-                        "host names must be unique",
-                    )
-                )
-            else:
-                seen_names[name.lower()] = i
-        if isinstance(addr, str):
-            key = addr.lower().rstrip(".")
-            with contextlib.suppress(ValueError):
-                key = str(ipaddress.ip_address(addr))
-            if key in seen_addrs:
-                out.append(
-                    Problem(
-                        f"hosts[{i}].address",
-                        f"{addr!r} is already hosts[{seen_addrs[key]}].address; "
-                        "each host needs its own address",
-                    )
-                )
-            else:
-                seen_addrs[key] = i
-    # The planner and vLLM's TP x PP layout assume identical nodes.
-    first = _obj(hosts[0].get("gpus")) if hosts else {}
-    for i, h in enumerate(hosts[1:], start=1):
-        gpus = _obj(h.get("gpus"))
-        for key in ("count", "model", "memory_gib"):
-            # Invalid values are reported by their own field rule; comparing them adds noise.
-            if not (_valid_gpu_value(key, first.get(key)) and _valid_gpu_value(key, gpus.get(key))):
-                continue
-            if gpus[key] != first[key]:
-                out.append(
-                    Problem(
-                        f"hosts[{i}].gpus.{key}",
-                        f"{gpus[key]!r} differs from hosts[0].gpus.{key} {first[key]!r}; all "
-                        "hosts must have identical GPUs (vLLM places the same TP x PP layout "
-                        "on every node)",
-                    )
-                )
+    hosts = _items(raw.get("hosts"))
+    out += _host_checks(hosts)
 
     ssh = _obj(raw.get("ssh"))
-    key_file = ssh.get("private_key_file")
+    key_file = _is_set(ssh, "private_key_file")
     if key_file and secrets.ssh_private_key:
         out.append(
             Problem(
@@ -754,10 +766,121 @@ def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Probl
             )
         )
 
-    model = _obj(raw.get("model"))
-    source = model.get("source")
+    out += _model_checks(_obj(raw.get("model")), hosts)
+
+    image = _obj(raw.get("image"))
+    tarball, pull = _is_set(image, "tarball"), _coerced(ImageSettings, image, "pull")
+    if tarball and pull is True:
+        out.append(
+            Problem(
+                "image.pull",
+                "is true but image.tarball is set (the tarball is loaded instead of "
+                "pulling); remove one",
+            )
+        )
+    elif not tarball and pull is False:
+        out.append(
+            Problem(
+                "image.pull",
+                "is false but there is no image.tarball, so the image has no source; set "
+                "image.tarball (copied and `docker load`ed) or remove image.pull (pulled "
+                "from its registry)",
+            )
+        )
+
+    out += _serving_checks(_obj(raw.get("serving")), hosts)
+
+    docker = _obj(raw.get("docker"))
+    if _coerced(DockerSettings, docker, "install") is True and not _is_set(docker, "deb_dir"):
+        out.append(
+            Problem(
+                "docker.deb_dir",
+                "is required when docker.install is true: a directory of Docker .deb files "
+                "on this machine",
+            )
+        )
+    return out
+
+
+def _host_checks(hosts: list[Mapping[str, Any]]) -> list[Problem]:
+    out: list[Problem] = []
+    names = [_coerced(Host, h, "name") for h in hosts]
+    addresses = [_coerced(Host, h, "address") for h in hosts]
+    seen_names: dict[str, int] = {}
+    seen_addrs: dict[str, int] = {}
+    for i, (name, addr) in enumerate(zip(names, addresses, strict=True)):
+        if name is not None:
+            if name in seen_names:
+                out.append(
+                    Problem(
+                        f"hosts[{i}].name",
+                        f"{name!r} is already used by hosts[{seen_names[name]}]; "
+                        "host names must be unique",
+                    )
+                )
+            else:
+                seen_names[name] = i
+        if addr is not None:
+            key = addr.lower().rstrip(".")
+            if key in seen_addrs:
+                out.append(
+                    Problem(
+                        f"hosts[{i}].address",
+                        f"{addr!r} is already hosts[{seen_addrs[key]}].address; "
+                        "each host needs its own address",
+                    )
+                )
+            else:
+                seen_addrs[key] = i
+            if len(hosts) > 1 and is_loopback(addr):
+                out.append(
+                    Problem(
+                        f"hosts[{i}].address",
+                        f"{addr!r} is a loopback address: the other hosts would reach "
+                        "themselves at it (Ray, NCCL/GLOO and the rendezvous use it between "
+                        "nodes); give the host's address on the cluster network",
+                    )
+                )
+    # The fan-out step names its state after the head and each target host.
+    head = names[0] if names else None
+    for i, name in enumerate(names[1:], start=1):
+        if head is not None and name is not None:
+            derived = f"{head}-to-{name}"
+            if len(derived) > _MAX_PAIR_NAME:
+                out.append(
+                    Problem(
+                        f"hosts[{i}].name",
+                        f"is too long together with hosts[0].name: the weights fan-out step is "
+                        f"named {derived!r} ({len(derived)} characters, at most "
+                        f"{_MAX_PAIR_NAME}); keep len(hosts[0].name) + len(this name) <= "
+                        f"{_MAX_PAIR_NAME - 4}",
+                    )
+                )
+    # The planner and vLLM's TP x PP layout assume identical nodes.
+    gpus = [_obj(h.get("gpus")) for h in hosts]
+    for key in ("count", "model", "memory_gib"):
+        values = [_coerced(GpuSpec, g, key) if g else None for g in gpus]
+        first = values[0] if values else None
+        if first is None:
+            continue
+        for i, value in enumerate(values[1:], start=1):
+            if value is not None and value != first:
+                out.append(
+                    Problem(
+                        f"hosts[{i}].gpus.{key}",
+                        f"{value!r} differs from hosts[0].gpus.{key} {first!r}; all hosts "
+                        "must have identical GPUs (vLLM places the same TP x PP layout on "
+                        "every node)",
+                    )
+                )
+    return out
+
+
+def _model_checks(model: Mapping[str, Any], hosts: list[Mapping[str, Any]]) -> list[Problem]:
+    out: list[Problem] = []
+    source = _coerced(ModelSettings, model, "source")
     if source in HUB_SOURCES:
-        if not model.get("id"):
+        if not _is_set(model, "id"):
             out.append(
                 Problem(
                     "model.id",
@@ -769,7 +892,7 @@ def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Probl
                 _hub_id(model["id"])
             except ValueError as exc:
                 out.append(Problem("model.id", str(exc)))
-        if not model.get("config_file"):
+        if not _is_set(model, "config_file"):
             out.append(
                 Problem(
                     "model.config_file",
@@ -778,7 +901,7 @@ def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Probl
                     "models/<name>/config.json and point here",
                 )
             )
-        if model.get("local_dir"):
+        if _is_set(model, "local_dir"):
             out.append(
                 Problem(
                     "model.local_dir",
@@ -786,53 +909,69 @@ def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Probl
                 )
             )
     elif source == "local":
-        if not model.get("local_dir"):
+        if not _is_set(model, "local_dir"):
             out.append(
                 Problem(
                     "model.local_dir",
                     "is required for source=local: the weights directory on this machine",
                 )
             )
-        if model.get("hub_endpoint"):
+        if _is_set(model, "hub_endpoint"):
             out.append(
                 Problem(
                     "model.hub_endpoint",
                     "is only used with a hub source; remove it for source=local",
                 )
             )
-
-    image = _obj(raw.get("image"))
-    if image.get("tarball") and image.get("pull") is True:
-        out.append(
-            Problem(
-                "image.pull",
-                "is true but image.tarball is set (the tarball is loaded instead of "
-                "pulling); remove one",
+    # A checkpoint larger than every GPU of every host together can never be served.
+    weights = _coerced(ModelSettings, model, "weights_bytes")
+    first_gpus = _obj(hosts[0].get("gpus")) if hosts else {}
+    count = _coerced(GpuSpec, first_gpus, "count") if first_gpus else None
+    memory = _coerced(GpuSpec, first_gpus, "memory_gib") if first_gpus else None
+    if weights is not None and count is not None and memory is not None:
+        total = count * memory * GIB * len(hosts)
+        if weights > total:
+            out.append(
+                Problem(
+                    "model.weights_bytes",
+                    f"{weights:,} bytes ({weights / GIB:,.0f} GiB) is more than all "
+                    f"{count * len(hosts)} GPUs of the {len(hosts)} host(s) hold together "
+                    f"({total / GIB:,.0f} GiB); it is the checkpoint's size in bytes "
+                    "(metadata.total_size of model.safetensors.index.json)",
+                )
             )
-        )
+    return out
 
-    serving = _obj(raw.get("serving"))
-    port, ray_port = serving.get("port", 8000), serving.get("ray_port", 6379)
-    if isinstance(port, int) and port == ray_port:
+
+def _serving_checks(serving: Mapping[str, Any], hosts: list[Mapping[str, Any]]) -> list[Problem]:
+    out: list[Problem] = []
+    port = _coerced(ServingSettings, serving, "port")
+    ray_port = _coerced(ServingSettings, serving, "ray_port")
+    master_port = _coerced(ServingSettings, serving, "master_port")
+    backend = _coerced(ServingSettings, serving, "distributed_backend")
+    if port is not None and port == ray_port:
         out.append(
             Problem(
                 "serving.ray_port",
                 f"{ray_port} is also serving.port; Ray and the API server need different ports",
             )
         )
-    try:
-        tp, pp = (
-            _parallel(serving.get("tensor_parallel_size")),
-            _parallel(serving.get("pipeline_parallel_size")),
+    if backend == "mp" and port is not None and port == master_port:
+        out.append(
+            Problem(
+                "serving.master_port",
+                f"{master_port} is also serving.port; rank 0's rendezvous and the API "
+                "server need different ports",
+            )
         )
-    except ValueError:
-        tp = pp = "auto"
-    count = first.get("count")
+    tp = _coerced(ServingSettings, serving, "tensor_parallel_size")
+    pp = _coerced(ServingSettings, serving, "pipeline_parallel_size")
+    first_gpus = _obj(hosts[0].get("gpus")) if hosts else {}
+    count = _coerced(GpuSpec, first_gpus, "count") if first_gpus else None
     if (
         isinstance(tp, int)
         and isinstance(pp, int)
-        and isinstance(count, int)
-        and hosts
+        and count is not None
         and tp * pp > count * len(hosts)
     ):
         out.append(
@@ -843,37 +982,14 @@ def _cross_checks(raw: Mapping[str, Any], secrets: SecretsPresent) -> list[Probl
             )
         )
     ib = _obj(serving.get("infiniband"))
-    if ib.get("hca") and not ib.get("enabled"):
+    if _is_set(ib, "hca") and _coerced(Infiniband, ib, "enabled") is False:
         out.append(
             Problem(
                 "serving.infiniband.hca",
                 "is set but serving.infiniband.enabled is false; enable InfiniBand or remove hca",
             )
         )
-
-    docker = _obj(raw.get("docker"))
-    if docker.get("install") is True and not docker.get("deb_dir"):
-        out.append(
-            Problem(
-                "docker.deb_dir",
-                "is required when docker.install is true: a directory of Docker .deb files "
-                "on this machine",
-            )
-        )
     return out
-
-
-def _port_checks(serving: ServingSettings) -> list[Problem]:
-    """Ports of one head host that must differ, compared after type coercion."""
-    if serving.distributed_backend != "mp" or serving.master_port != serving.port:
-        return []
-    return [
-        Problem(
-            "serving.master_port",
-            f"{serving.master_port} is also serving.port; rank 0's rendezvous and the API "
-            "server need different ports",
-        )
-    ]
 
 
 _SECTIONS = (*CONFIG_KEYS, NAMESPACE)
@@ -913,7 +1029,58 @@ def _file_checks(s: Settings, base: Path) -> list[Problem]:
         if not ok:
             kind = "directory" if is_dir else "file"
             out.append(Problem(key, f"{kind} {str(path)!r} does not exist on this machine"))
+        elif key == "model.config_file":
+            out += _json_file_problems(key, path, "the model's config.json")
+            index = path.parent / INDEX_FILE
+            if s.model.weights_bytes is None and index.is_file():
+                out += _json_file_problems(key, index, f"{INDEX_FILE} beside it")
+        elif key == "ssh.private_key_file":
+            out += _private_key_problems(path)
     return out
+
+
+# config.json is a few KB, its index a few MB; anything this large is not one of them.
+_MAX_JSON_BYTES = 64 * 2**20
+# The line of an OpenSSH public key (or of an authorized_keys / known_hosts entry).
+_PUBLIC_KEY = re.compile(
+    rb"\s*(\S+\s+)?(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|sk-\S+@openssh\.com)\s+AAAA"
+)
+
+
+def _json_file_problems(key: str, path: Path, what: str) -> list[Problem]:
+    """The planner reads `path` as UTF-8 JSON: say so here, by key, instead of a traceback."""
+    try:
+        size = path.stat().st_size
+        if size > _MAX_JSON_BYTES:
+            return [Problem(key, f"{str(path)!r} is {size:,} bytes, not {what}")]
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        return [Problem(key, f"cannot read {str(path)!r}: {exc.strerror or exc}")]
+    except UnicodeDecodeError:
+        return [Problem(key, f"{str(path)!r} is not a text file (not UTF-8), not {what}")]
+    except json.JSONDecodeError as exc:
+        return [Problem(key, f"{str(path)!r} is not valid JSON ({exc}), not {what}")]
+    if not isinstance(data, dict):
+        return [Problem(key, f"{str(path)!r} holds a JSON {type(data).__name__}, not {what}")]
+    return []
+
+
+def _private_key_problems(path: Path) -> list[Problem]:
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError as exc:
+        return [Problem("ssh.private_key_file", f"cannot read {str(path)!r}: {exc.strerror}")]
+    if _PUBLIC_KEY.match(head):
+        return [
+            Problem(
+                "ssh.private_key_file",
+                f"{str(path)!r} holds a public key ('{head.split()[0].decode(errors='replace')} "
+                "AAAA...'); give the private key file (for ~/.ssh/id_ed25519.pub that is "
+                "~/.ssh/id_ed25519)",
+            )
+        ]
+    return []
 
 
 def load_settings(
@@ -921,6 +1088,7 @@ def load_settings(
     secrets_present: Mapping[str, bool],
     *,
     base_dir: str | Path | None = None,
+    plaintext_secrets: Collection[str] = (),
 ) -> Settings:
     """Validate the stack config.
 
@@ -929,6 +1097,8 @@ def load_settings(
     secrets_present: "apiKey" / "sshPrivateKey" / "hubToken" -> whether set (non-empty).
     base_dir: when given, files on this machine (model config, key file, tarball, ...) must
     exist, relative paths resolving against it (the project directory).
+    plaintext_secrets: the secret keys ("apiKey", ...) that are set, but in plain text
+    rather than as Pulumi secrets (`pulumi config set` without `--secret`); each is refused.
     Raises SettingsError listing every problem."""
     problems: list[Problem] = []
     data: dict[str, Any] = {}
@@ -937,7 +1107,17 @@ def load_settings(
             if value is not None:
                 data[key] = value
             continue
-        bare = key.split(":", 1)[1] if key.startswith(f"{NAMESPACE}:") else key
+        namespace, sep, rest = key.partition(":")
+        if sep and namespace != NAMESPACE:
+            problems.append(
+                Problem(
+                    key,
+                    f"unknown namespace {namespace!r}: this program reads {NAMESPACE}:* keys; "
+                    f"did you mean {NAMESPACE}:{rest}?",
+                )
+            )
+            continue
+        bare = rest if sep else key
         if bare in CONFIG_KEYS:
             data[bare] = value
             continue
@@ -957,7 +1137,16 @@ def load_settings(
         )
         problems.append(Problem(f"{NAMESPACE}:{bare}", f"unknown key{hint}"))
 
-    unknown_secrets = set(secrets_present) - set(SECRET_KEYS)
+    for key in sorted(set(plaintext_secrets) & set(SECRET_KEYS)):
+        problems.append(
+            Problem(
+                f"{NAMESPACE}:{key}",
+                "is set in plain text (it would sit unencrypted in Pulumi.<stack>.yaml and "
+                "the state); make it a Pulumi secret: `pulumi config rm "
+                f"{NAMESPACE}:{key}`, then `pulumi config set --secret {NAMESPACE}:{key} ...`",
+            )
+        )
+    unknown_secrets = (set(secrets_present) | set(plaintext_secrets)) - set(SECRET_KEYS)
     if unknown_secrets:
         raise TypeError(f"secrets_present has unknown keys {sorted(unknown_secrets)}")
     secrets = SecretsPresent(
@@ -972,8 +1161,6 @@ def load_settings(
     except ValidationError as exc:
         problems += _from_pydantic(exc)
     problems += _cross_checks(data, secrets)
-    if settings is not None:
-        problems += _port_checks(settings.serving)
     if settings is not None and base_dir is not None:
         problems += _file_checks(settings, Path(base_dir))
     if problems or settings is None:

@@ -181,7 +181,7 @@ BAD: list[tuple[str, Mutator, dict[str, bool] | None, str, str]] = [
         "hosts[1].address",
         "own address",
     ),
-    ("bad ipv4", _set("hosts.0.address", "192.168.0.300"), None, "hosts[0].address", "IPv4/IPv6"),
+    ("bad ipv4", _set("hosts.0.address", "192.168.0.300"), None, "hosts[0].address", "IPv4"),
     (
         "address with space",
         _set("hosts.0.address", "gpu box"),
