@@ -142,8 +142,15 @@ class CommandResult:
         return self.stdout + ("\n" + self.stderr if self.stderr else "")
 
     def tail(self, lines: int = TAIL_LINES) -> str:
-        """The last ``lines`` lines of the combined output."""
-        return "\n".join(self.output.rstrip().splitlines()[-lines:])
+        """The last ``lines`` lines of the combined output, after its diagnostics (what
+        failed and why), which a long list of stack outputs would otherwise push out."""
+        text = self.output.rstrip()
+        diagnostics = ""
+        if "\nDiagnostics:\n" in text:
+            after = text.split("\nDiagnostics:\n", 1)[1]
+            kept = after.split("\nOutputs:\n", 1)[0].split("\nResources:\n", 1)[0]
+            diagnostics = "Diagnostics:\n" + "\n".join(kept.splitlines()[-4 * lines :]) + "\n...\n"
+        return diagnostics + "\n".join(text.splitlines()[-lines:])
 
 
 class PulumiCommandError(RuntimeError):
