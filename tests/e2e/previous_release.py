@@ -13,6 +13,7 @@ only the first run pays for them (cold: a few minutes, mostly the provider build
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -89,7 +90,16 @@ def _docker_provider(root: Path, base_env: dict[str, str]) -> Path:
     }
     # Its PULUMI_HOME must not have a docker 5.2.0 registered, or the script would skip.
     env["PULUMI_HOME"] = str(root / ".state" / "build-home")
-    _run(["bash", "tools/build-toolchain.sh", "docker"], cwd=root, env=env)
+    # Its Go caches (a few GB) in a cache of its own, dropped once the binary is built: that
+    # script predates the pruning of tools/build-toolchain.sh.
+    go_cache = root / ".toolchain-cache"
+    env["TOOLCHAIN_CACHE"] = str(go_cache)
+    try:
+        _run(["bash", "tools/build-toolchain.sh", "docker"], cwd=root, env=env)
+    finally:
+        if go_cache.exists():
+            subprocess.run(["chmod", "-R", "u+w", str(go_cache)], check=False)
+            shutil.rmtree(go_cache, ignore_errors=True)
     binary = root / ".toolchain" / "bin" / "pulumi-resource-docker"
     if not binary.is_file():
         raise RuntimeError(f"the previous release's toolchain built no {binary}")

@@ -102,6 +102,10 @@ def engine_image(lab_up: lu.Inventory) -> Path:
     print(f"\nimage build (cached or not): {time.monotonic() - started:.1f} s")
     tarball = LAB_DIR / "images" / "vllm-cpu.tar"
     assert tarball.is_file()
+    # An earlier build's image on a host goes before the program streams this one there.
+    meta = json.loads((LAB_DIR / "images" / "vllm-cpu.tar.json").read_text())
+    for host in lab_up["hosts"][:2]:
+        lu.drop_stale_image(lab_up, host, meta["tag"], meta["id"])
     return tarball
 
 

@@ -99,14 +99,25 @@ def image_id_on(inventory: Inventory, host: HostEntry, ref: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def drop_stale_image(inventory: Inventory, host: HostEntry, ref: str, image_id: str) -> None:
+    """Remove `ref` from a lab host when it names another image than `image_id`: a rebuilt
+    7 GB engine image would otherwise stay on the host, untagged, beside the new one."""
+    present = image_id_on(inventory, host, ref)
+    if present and present != image_id:
+        ssh(inventory, host, f"docker rmi {ref} >/dev/null 2>&1 || true", check=False)
+
+
 def load_image(
     inventory: Inventory, host: HostEntry, tarball: Path, ref: str, image_id: str | None = None
 ) -> None:
     """`docker load` a tarball into a lab host over SSH (as the program does), unless the host
-    already has `ref` (with `image_id`, when given)."""
+    already has `ref` (with `image_id`, when given; another image under `ref` is removed
+    first)."""
     present = image_id_on(inventory, host, ref)
     if present and (image_id is None or present == image_id):
         return
+    if image_id is not None:
+        drop_stale_image(inventory, host, ref, image_id)
     with open(tarball, "rb") as f:
         proc = subprocess.run(
             [*ssh_argv(inventory, host), "docker load"],

