@@ -1,8 +1,9 @@
 """GpuHost: one GPU server, checked, prepared and given the engine image.
 
 Children, in order on the host (independent hosts run in parallel):
-  storage (optional) -> .deb copy + docker setup (optional) -> preflight -> image load or
-  pull -> image fit check (optional: can the image do what the settings ask) -> RemoteImage.
+  preflight (read-only) -> storage (optional) -> .deb copy + docker setup (optional) -> image
+  load or pull -> image fit check (optional: can the image do what the settings ask) ->
+  RemoteImage.
 Every script is rendered by pure functions (components.render); this module only wires.
 """
 
@@ -78,15 +79,19 @@ class GpuHost(pulumi.ComponentResource):
             return cmd
 
         s = args.scripts
+        # Preflight is read-only and comes first: nothing is written to a host (no disk
+        # formatted, no package installed) before it passed. It judges the disk against the
+        # device storage will mount, and tolerates a Docker the next steps install.
+        preflight = on_host("preflight", s.preflight)
+        self.facts = preflight.stdout.apply(_last_json_line)
         if s.storage:
             on_host("storage", s.storage)
         if s.deb_copy_local:
             from_here("deb-copy", s.deb_copy_local)
         if s.docker_setup:
             on_host("docker-install", s.docker_setup)
-        preflight = on_host("preflight", s.preflight)
-        self.facts = preflight.stdout.apply(_last_json_line)
-        self.checked = [preflight]
+        # Checked, its storage mounted and Docker installed: what the weights need.
+        self.checked = list(previous)
 
         triggers: list[Any] | None = None
         if s.image_present:
@@ -95,7 +100,7 @@ class GpuHost(pulumi.ComponentResource):
                 label=f"{name}:{args.image_name}",
                 ssh_argv=args.ssh.ssh_command(),
                 script=s.image_present,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[preflight]),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(previous)),
             )
             triggers = [check.generation]
         if s.image_load_local:

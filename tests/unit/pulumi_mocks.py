@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+import pulumi.runtime.mocks
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
@@ -31,6 +32,9 @@ class Recorded:
     name: str
     inputs: dict[str, Any]
     provider: str | None
+    # Names of the resources it depends on (depends_on and property dependencies), when the
+    # mocks run under DependencyMonitor.
+    depends_on: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -63,3 +67,21 @@ class RecordingMocks(pulumi.runtime.Mocks):
         matches = [r for r in self.resources if r.name == name]
         assert len(matches) == 1, f"{name}: {[r.name for r in self.resources]}"
         return matches[0]
+
+
+class DependencyMonitor(pulumi.runtime.mocks.MockMonitor):
+    """The mock monitor, also recording each resource's dependencies (by name) into the
+    RecordingMocks: `pulumi.runtime.set_mocks(m, monitor=DependencyMonitor(m))`."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recording = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        if self.recording.resources and self.recording.resources[-1].name == request.name:
+            names = {u.rsplit("::", 1)[-1] for u in request.dependencies}
+            for deps in request.propertyDependencies.values():
+                names |= {u.rsplit("::", 1)[-1] for u in deps.urns}
+            self.recording.resources[-1].depends_on = sorted(names)
+        return response

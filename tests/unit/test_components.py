@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,15 @@ from components.render.engine import EngineLaunch, NodeNetwork, RayLayout
 from components.render.ssh import SshTarget
 from components.resources.steps import Bastion, HostConnection
 from components.vllm_service import VllmService, VllmServiceArgs
-from tests.unit.pulumi_mocks import DYNAMIC, LOCAL, REMOTE, RecordingMocks, is_secret, reveal
+from tests.unit.pulumi_mocks import (
+    DYNAMIC,
+    LOCAL,
+    REMOTE,
+    DependencyMonitor,
+    RecordingMocks,
+    is_secret,
+    reveal,
+)
 
 CONTAINER = "docker:index/container:Container"
 
@@ -24,7 +33,7 @@ CONTAINER = "docker:index/container:Container"
 @pytest.fixture
 def mocks() -> Iterator[RecordingMocks]:
     m = RecordingMocks()
-    pulumi.runtime.set_mocks(m, preview=False)
+    pulumi.runtime.set_mocks(m, preview=False, monitor=DependencyMonitor(m))
     yield m
 
 
@@ -243,7 +252,14 @@ def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
 
     def check(_: Any) -> None:
         on_host = [r.name for r in mocks.of_type(REMOTE)]
-        assert on_host == ["h1-storage", "h1-docker-install", "h1-preflight", "h1-image-pull"]
+        assert on_host == ["h1-preflight", "h1-storage", "h1-docker-install", "h1-image-pull"]
+        # Each step waits for the one before it: nothing is written to the host before the
+        # read-only preflight passed, and the image step waits for the Docker it needs.
+        chain = ["h1-preflight", "h1-storage", "h1-deb-copy", "h1-docker-install", "h1-image-pull"]
+        assert mocks.named("h1-preflight").depends_on == []
+        for before, after in itertools.pairwise(chain):
+            assert mocks.named(after).depends_on == [before], (after, before)
+        assert "h1-image-pull" in mocks.named("h1-image").depends_on
         for name in on_host:
             assert_connects_to(mocks.named(name), "10.0.0.1")
         assert [r.name for r in mocks.of_type(LOCAL)] == ["h1-deb-copy"]
