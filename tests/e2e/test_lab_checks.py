@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.e2e.lab_stack import REPO, chat, containers_on, host_exec, lab_stack
-from tests.e2e.pulumi_cli import PulumiCommandError
+from tests.e2e.pulumi_cli import PulumiCommandError, PulumiStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
@@ -47,6 +47,12 @@ def test_one_host_serves_through_vllm_service_alone(lab: Any) -> None:
         assert containers_on("1") == []
 
 
+def image_steps(stack: PulumiStack) -> list[str]:
+    """The image steps in the stack's state (named `<host>-image-load` / `-image-pull`)."""
+    names = [r["urn"].split("::")[-1] for r in stack.resources()]
+    return [n for n in names if n.endswith(("-image-load", "-image-pull"))]
+
+
 def failing_up(prefix: str, overrides: dict[str, Any]) -> str:
     """`pulumi up` of a one-host stack that must fail; returns Pulumi's output."""
     with lab_stack(prefix, {**SINGLE_NODE, **overrides}, hosts=1) as stack:
@@ -55,7 +61,7 @@ def failing_up(prefix: str, overrides: dict[str, Any]) -> str:
         output = info.value.result.output
         # Nothing past preflight happened on the host.
         assert containers_on("1") == []
-        assert "image-load" not in {r["urn"].split("::")[-1] for r in stack.resources()}
+        assert image_steps(stack) == []
         return str(output)
 
 
@@ -110,7 +116,7 @@ def test_preflight_refuses_a_container_of_another_stack(lab: Any) -> None:
                 f"vllm-cluster/elsewhere, not to vllm-cluster/{stack.name}" in out
             ), out
             assert "pulumi destroy --stack elsewhere" in out and "docker rm -f vllm-server" in out
-            assert "image-load" not in {r["urn"].split("::")[-1] for r in stack.resources()}
+            assert image_steps(stack) == []
             assert containers_on("1") == ["vllm-server"]
         finally:
             host_exec("1", "docker", "rm", "-f", "vllm-server", check=False)
