@@ -53,7 +53,9 @@ LAB_BUSY_WAIT_S = float(os.environ.get("REAL_ENGINE_LAB_WAIT_S", "1800"))
 @pytest.fixture(scope="module", autouse=True)
 def opted_in() -> None:
     if os.environ.get("REAL_ENGINE") != "1":
-        pytest.skip("real-engine e2e needs REAL_ENGINE=1 (~7 GB image, minutes): `make test`")
+        pytest.skip(
+            "opt-in: real-engine e2e needs REAL_ENGINE=1 (~7 GB image, minutes): `make test`"
+        )
 
 
 @pytest.fixture(scope="module")
