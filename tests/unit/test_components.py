@@ -134,6 +134,33 @@ def test_single_node_service_container_and_gate(mocks: RecordingMocks) -> Any:
 
 
 @pulumi.runtime.test
+def test_endpoint_comes_from_the_readiness_gate(mocks: RecordingMocks) -> Any:
+    """The endpoint output is known only once the gate passed: it depends on the gate
+    command, not merely on the containers (a stack output in CI must not name an endpoint
+    that never answered)."""
+    h = host("h1", "10.0.0.1")
+    svc = VllmService(
+        "svc",
+        VllmServiceArgs(
+            host=h,
+            node=NodeNetwork("10.0.0.1", "eth0"),
+            launch=launch(1, 1),
+            api_key=pulumi.Output.secret("sk-test"),
+            ready_timeout_s=300,
+            extra_env={},
+        ),
+    )
+
+    async def names() -> list[str]:
+        return sorted(r._name for r in await svc.endpoint.resources())
+
+    def check(found: list[str]) -> None:
+        assert found == ["svc-ready"], found
+
+    return pulumi.Output.from_input(names()).apply(check)
+
+
+@pulumi.runtime.test
 def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
     h1, h2, h3 = host("h1", "10.0.0.1"), host("h2", "10.0.0.2"), host("h3", "10.0.0.3")
     layout = RayLayout("10.0.0.1", 6379, 4, {"h1": "10.0.0.1", "h2": "10.0.0.2", "h3": "10.0.0.3"})
