@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pulumi
@@ -157,8 +157,8 @@ def test_endpoint_comes_from_the_readiness_gate(mocks: RecordingMocks) -> Any:
     def check(found: list[str]) -> None:
         assert found == ["svc-ready"], found
 
-    found: Awaitable[list[str]] = names()
-    return pulumi.Output.from_input(found).apply(check)
+    found: pulumi.Output[list[str]] = pulumi.Output.from_input(names())
+    return found.apply(check)
 
 
 @pulumi.runtime.test
