@@ -1,4 +1,11 @@
-"""Under CI (`CI` set to anything but empty/0/false/no), a skipped test is a failed test.
+"""Session-wide test setup.
+
+`lab` (session): the running lab's inventory, one fixture for tests/lab and tests/e2e (a
+fixture imported into two conftests is two fixtures, set up twice). A lab that is already up
+is reused as it is and left up; when none is up, the fixture brings one up with 2 hosts and
+brings it down at the end of the session (set LAB_KEEP=1 to keep it).
+
+Under CI (`CI` set to anything but empty/0/false/no), a skipped test is a failed test.
 
 A skip on a developer machine says "a prerequisite is missing here"; in CI, `.ci/run` installs
 every prerequisite, so a skip there would hide a test that never ran behind a green build.
@@ -13,6 +20,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from tests.lab import labutil as lu
 
 OPT_IN_PREFIX = "opt-in:"
 
@@ -42,3 +51,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         f"skipped under CI=true, which must run every test: {reason}\n"
         "(.ci/run installs every prerequisite; a skip here means one is missing)"
     )
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[lu.Inventory]:
+    before = lu.read_inventory()
+    owned = before is None
+    if before is not None and lu.lab_is_up():
+        inventory = before
+    else:
+        # Down (we own what we bring up) or broken (repair it with the same size, not ours).
+        count = str(len(before["hosts"])) if before else "2"
+        env = {k: str(v) for k, v in (before or {}).get("settings", {}).items()}
+        proc = lu.lab_cmd("up", count, env=env)
+        if proc.returncode != 0:
+            pytest.fail(f"`lab/lab up {count}` failed:\n{proc.stdout}\n{proc.stderr}")
+        found = lu.read_inventory()
+        assert found is not None, "lab up succeeded but wrote no inventory"
+        inventory = found
+    if len(inventory["hosts"]) < 2:
+        pytest.fail(
+            f"the running lab has {len(inventory['hosts'])} host(s); the lab tests need 2: "
+            "run `make lab-up LAB_HOSTS=2` (or `make lab-down` and let the tests bring it up)"
+        )
+    yield inventory
+    if owned and os.environ.get("LAB_KEEP") != "1":
+        proc = lu.lab_cmd("down")
+        assert proc.returncode == 0, f"lab down failed:\n{proc.stdout}\n{proc.stderr}"

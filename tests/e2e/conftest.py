@@ -25,7 +25,6 @@ from tests.e2e.pulumi_cli import (
     pulumi_env,
     sdk_plugin_versions,
 )
-from tests.lab.conftest import lab  # noqa: F401  (the session lab, shared with tests/lab)
 
 #: The tiny image the engine test runs: a static busybox, imported (no registry here).
 BUSYBOX_IMAGE = "vllm-e2e-busybox:1"
