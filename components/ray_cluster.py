@@ -29,6 +29,7 @@ from components.resources.containers import (
     engine_container,
     node_container_spec,
 )
+from components.resources.generated_secret import GeneratedSecret
 from components.vllm_service import gated_endpoint
 
 WORKER_STOP_GRACE_S = 5
@@ -83,6 +84,12 @@ class RayVllmCluster(pulumi.ComponentResource):
             return node_container_spec(args, container, argv, env, labels, stop_grace_s)
 
         every_host_ready = [r for n in (args.head, *args.workers) for r in n.host.ready]
+        # Every node of this cluster, and nothing else, holds the Ray token (Ray >= 2.52
+        # refuses any node, client or driver without it; RAY_AUTH_MODE in node_environment).
+        ray_token = GeneratedSecret(
+            f"{name}-ray-token", purpose="ray-auth-token", opts=pulumi.ResourceOptions(parent=self)
+        )
+        token_env = {"RAY_AUTH_TOKEN": ray_token.value}
         head = engine_container(
             f"{name}-head",
             spec(
@@ -100,6 +107,7 @@ class RayVllmCluster(pulumi.ComponentResource):
                 provider=args.head.host.docker_provider,
                 depends_on=[*every_host_ready, *args.depends_on],
             ),
+            secret_env=token_env,
         )
         workers = [
             engine_container(
@@ -119,6 +127,7 @@ class RayVllmCluster(pulumi.ComponentResource):
                 pulumi.ResourceOptions(
                     parent=self, provider=w.host.docker_provider, depends_on=[head]
                 ),
+                secret_env=token_env,
             )
             for w in args.workers
         ]

@@ -172,6 +172,8 @@ OWNED_ENV: dict[str, str] = {
     "RAY_memory_monitor_refresh_ms": "0: the engine, not Ray's memory monitor, owns a GPU "
     "host's memory while the weights load",
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "token: Ray's own token authentication (Ray >= 2.52), with a token the "
+    "program generates per stack",
     "HF_HUB_OFFLINE": "1: the weights are on disk; no node may reach for a hub",
     "TRANSFORMERS_OFFLINE": "1: the weights are on disk; no node may reach for a hub",
     "CUDA_VISIBLE_DEVICES": "key:hosts[].gpus.count (the plan uses every GPU of a host; "

@@ -314,6 +314,10 @@ def node_environment(
         # GPU host the engine, not Ray, owns the memory.
         env["RAY_memory_monitor_refresh_ms"] = "0"
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        # Ray's ports run code for whoever reaches them. From Ray 2.52 every node, client and
+        # driver must present the cluster's token (RAY_AUTH_TOKEN, added as a secret by the
+        # component); older Ray ignores the variable, and only a firewall protects it.
+        env["RAY_AUTH_MODE"] = "token"
     env.update(extra_env or {})
     return env
 
@@ -420,6 +424,10 @@ def ray_wait_argv(layout: RayLayout, launch: EngineLaunch) -> list[str]:
     ]
 
 
+# Environment variables of the Ray head that vLLM must not copy to the workers' actors.
+RAY_NON_CARRY_OVER_ENV = ("VLLM_API_KEY", "RAY_AUTH_TOKEN")
+
+
 def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) -> str:
     """The head container's program: start Ray, wait for the whole cluster, then exec vLLM.
 
@@ -436,6 +444,14 @@ def ray_head_script(node: NodeNetwork, layout: RayLayout, launch: EngineLaunch) 
         "fi",
         shlex.join(ray_head_start_argv(node, layout)),
         shlex.join(ray_wait_argv(layout, launch)),
+        # vLLM copies the driver's whole environment into every Ray actor it starts on the
+        # workers (vllm/v1/executor/ray_env_utils.py), except the names in this file: the
+        # API key and the Ray token stay on the head.
+        'vllm_config="${VLLM_CONFIG_ROOT:-${XDG_CONFIG_HOME:-$HOME/.config}/vllm}"',
+        'mkdir -p "$vllm_config"',
+        "printf '%s\\n' "
+        + shlex.quote(json.dumps(list(RAY_NON_CARRY_OVER_ENV)))
+        + ' >"$vllm_config/ray_non_carry_over_env_vars.json"',
         "exec " + shlex.join(vllm_server_argv(launch)),
     ]
     return "\n".join(lines) + "\n"

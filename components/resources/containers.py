@@ -7,6 +7,7 @@ container's `envs` are encrypted in state and the key never reaches a command li
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -84,10 +85,16 @@ def engine_container(
     image_id: pulumi.Input[str],
     api_key: pulumi.Input[str] | None,
     opts: pulumi.ResourceOptions,
+    secret_env: Mapping[str, pulumi.Input[str]] | None = None,
 ) -> docker.Container:
+    """One node's engine container. The API key (when it serves HTTP) and `secret_env` go
+    into its environment as Pulumi secrets: never on a command line, encrypted in state."""
     envs: list[pulumi.Input[str]] = [f"{k}={v}" for k, v in sorted(spec.env.items())]
+    secrets = dict(sorted((secret_env or {}).items()))
     if api_key is not None:
-        envs.append(pulumi.Output.secret(pulumi.Output.concat("VLLM_API_KEY=", api_key)))
+        secrets["VLLM_API_KEY"] = api_key
+    for name, value in secrets.items():
+        envs.append(pulumi.Output.secret(pulumi.Output.concat(f"{name}=", value)))
     labels = [
         docker.ContainerLabelArgs(label=k, value=v)
         for k, v in sorted(

@@ -53,6 +53,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         if args.typ == DYNAMIC:
             # RemoteCheck's generation; the real provider runs the check.
             outputs["generation"] = 1
+            if "purpose" in outputs:
+                # GeneratedSecret's value; the real provider draws it with secrets.token_hex.
+                outputs["value"] = f"generated-{args.name}"
         return f"{args.name}-id", outputs
 
     def call(

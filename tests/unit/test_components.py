@@ -194,6 +194,12 @@ def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
         assert is_secret(head.inputs["envs"])
         assert "VLLM_API_KEY=sk-test" in reveal(head.inputs["envs"])
         assert "VLLM_HOST_IP=10.0.0.1" in reveal(head.inputs["envs"])
+        assert "RAY_AUTH_TOKEN=generated-ray-ray-token" in reveal(head.inputs["envs"])
+        # vLLM must not copy the API key and the token into the workers' actors.
+        assert '["VLLM_API_KEY", "RAY_AUTH_TOKEN"]' in script
+        assert "ray_non_carry_over_env_vars.json" in script
+        token = mocks.named("ray-ray-token")
+        assert token.type_ == DYNAMIC and token.inputs["purpose"] == "ray-auth-token"
         for w, ip, h in zip(workers, ("10.0.0.2", "10.0.0.3"), ("h2", "h3"), strict=True):
             assert w.inputs["name"] == "vllm-ray-worker"
             assert w.inputs["entrypoints"] == ["bash"]
@@ -202,8 +208,13 @@ def test_ray_cluster_head_workers_and_gate(mocks: RecordingMocks) -> Any:
             assert "/dev/tcp/10.0.0.1/6379" in worker_script
             assert f"--node-ip-address={ip}" in worker_script
             assert "--address=10.0.0.1:6379" in worker_script
-            assert f"VLLM_HOST_IP={ip}" in w.inputs["envs"]
-            assert not any(e.startswith("VLLM_API_KEY") for e in w.inputs["envs"])
+            # The worker's environment holds the Ray token (a secret) but never the API key.
+            assert is_secret(w.inputs["envs"])
+            envs = reveal(w.inputs["envs"])
+            assert f"VLLM_HOST_IP={ip}" in envs
+            assert "RAY_AUTH_MODE=token" in envs
+            assert "RAY_AUTH_TOKEN=generated-ray-ray-token" in envs
+            assert not any(e.startswith("VLLM_API_KEY") for e in envs)
             labels = {lbl["label"]: lbl["value"] for lbl in w.inputs["labels"]}
             assert labels["vllm-cluster.head"] == "ray-head-id"
             assert w.provider and f"{h}-docker" in w.provider
