@@ -140,7 +140,7 @@ def _all_scripts() -> dict[str, str]:
                 required_commands=("python3",),
             )
         ),
-        "storage": shell.storage(shell.StorageSpec("h", "/dev/sdb", "/data01")),
+        "storage": shell.storage(shell.StorageSpec("h", "/dev/disk/by-id/nvme-data-1", "/data01")),
         "storage_delete": shell.storage_delete("h", "/dev/sdb", "/data01"),
         "docker": shell.docker_install(
             shell.DockerSpec("h", install=True, registry_mirrors=("https://m.example",))
