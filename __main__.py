@@ -14,15 +14,16 @@ import pulumi
 from pulumi.runtime.config import get_config
 
 from components.gpu_host import GpuHost, GpuHostArgs
-from components.model_weights import ModelWeights, WeightsTarget
+from components.model_weights import ModelWeights, WeightsOnDestroy, WeightsTarget
 from components.plan.sizing import Plan, PlanError, plan_from_settings
 from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
-from components.render.deployment import Deployment, HostDeployment, render_deployment
+from components.render.deployment import Deployment, render_deployment
 from components.render.operator_files import (
     HostKeysNotPinned,
     OperatorFiles,
     prepare_operator_files,
 )
+from components.render.ssh import SshTarget
 from components.resources.containers import deployment_owner
 from components.resources.steps import Bastion, HostConnection
 from components.settings import NAMESPACE, Settings, SettingsError, load_settings
@@ -77,9 +78,8 @@ def ssh_private_key(settings: Settings, files: OperatorFiles) -> pulumi.Output[s
 
 
 def host_connection(
-    hd: HostDeployment, files: OperatorFiles, private_key: pulumi.Output[str]
+    name: str, target: SshTarget, files: OperatorFiles, private_key: pulumi.Output[str]
 ) -> HostConnection:
-    target = hd.ssh
     bastion = None
     if target.bastion is not None:
         assert files.bastion_host_key is not None  # prepare_operator_files refuses otherwise
@@ -89,7 +89,7 @@ def host_connection(
         address=target.address,
         user=target.user,
         port=target.port,
-        host_key=files.host_keys[hd.host.name],
+        host_key=files.host_keys[name],
         private_key=private_key,
         bastion=bastion,
         per_dial_timeout_s=target.connect_timeout_s,
@@ -101,7 +101,10 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
     api_key = config.require_secret("apiKey")
     hub_token = config.get_secret("hubToken") if settings.secrets.hub_token else None
     private_key = ssh_private_key(settings, files)
-    connections = {hd.host.name: host_connection(hd, files, private_key) for hd in dep.hosts}
+    # Every host in `hosts` (the weights' on-destroy steps cover the ones not serving too).
+    connections = {
+        r.host.name: host_connection(r.host.name, r.ssh, files, private_key) for r in dep.retention
+    }
 
     hosts = {
         hd.host.name: GpuHost(
@@ -128,10 +131,12 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
                 fetch_local=hd.weights.fetch_local,
                 fetch_remote=hd.weights.fetch_remote,
                 fetch_stdin=hub_token if hd.weights.needs_hub_token else None,
-                delete_remote=hd.weights.delete_remote,
                 after_head=hd.weights.after_head,
             )
             for hd in dep.hosts
+        ],
+        on_destroy=[
+            WeightsOnDestroy(r.host.name, connections[r.host.name], r.delete) for r in dep.retention
         ],
     )
     s = settings.serving

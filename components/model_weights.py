@@ -4,7 +4,13 @@ Per host: a RemoteCheck (re-verifies the weights on every preview/up, so a file 
 hand is noticed) and a fetch command that runs when the host is new, when the fetch recipe
 changes, or when the check failed. With fan-out the head fetches first (from the hub or the
 operator machine) and the other hosts copy from the head over the LAN.
-Weights are kept on `pulumi destroy` unless `model.keep_on_destroy` is false.
+Weights are kept on `pulumi destroy` unless `model.keep_on_destroy` is false. What happens
+to them is one `<name>-<host>-remove` step per host in `hosts` (serving or not), declared
+whatever keep_on_destroy says and never replaced: pulumi-command runs it only when it leaves
+the program (the stack is destroyed, or the host is removed from `hosts`), and then it runs
+the delete script stored at the last `pulumi up`, which removes only the files this stack
+recorded as written by itself (components/render/shell/weights.py). Toggling
+keep_on_destroy, or a plan that serves on fewer hosts, only updates it: nothing is deleted.
 """
 
 from __future__ import annotations
@@ -17,7 +23,12 @@ import pulumi
 from components.gpu_host import GpuHost
 from components.render.ssh import SshTarget
 from components.resources.remote_check import RemoteCheck
-from components.resources.steps import HostConnection, local_step, remote_step
+from components.resources.steps import (
+    HostConnection,
+    local_step,
+    remote_on_destroy,
+    remote_step,
+)
 
 
 @dataclass(frozen=True)
@@ -37,14 +48,23 @@ class WeightsTarget:
     # ...or on the host (hub download, or a copy from the head over the LAN).
     fetch_remote: str | None = None
     fetch_stdin: pulumi.Input[str] | None = None
-    # Only when model.keep_on_destroy is false: removes exactly the model directory.
-    delete_remote: str | None = None
     # Fan-out: this host copies from the head, so it waits for the head's copy.
     after_head: bool = False
 
 
+@dataclass(frozen=True)
+class WeightsOnDestroy:
+    """One host's weights on destroy (components.render.deployment.WeightsRetention)."""
+
+    name: str
+    connection: HostConnection
+    # Removes the files this stack wrote; None keeps everything.
+    delete: str | None
+
+
 class ModelWeights(pulumi.ComponentResource):
-    """Outputs: `path`; `ready` lists the resources that the serving containers wait for."""
+    """Outputs: `path`; `ready` lists the resources that the serving containers wait for
+    (the on-destroy steps too, so that on destroy the containers stop before any file goes)."""
 
     path: str
     ready: list[pulumi.Resource]
@@ -54,6 +74,7 @@ class ModelWeights(pulumi.ComponentResource):
         name: str,
         path: str,
         targets: list[WeightsTarget],
+        on_destroy: list[WeightsOnDestroy] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("vllm-cluster:index:ModelWeights", name, None, opts)
@@ -99,17 +120,18 @@ class ModelWeights(pulumi.ComponentResource):
                 )
             else:
                 raise ValueError(f"weights on {target.name}: no fetch step rendered")
-            if target.delete_remote:
-                # Its own resource, never replaced by the check's triggers: a replaced fetch
-                # runs its delete after the new copy exists, which must not remove weights.
-                remote_step(
-                    f"{name}-{target.name}-remove",
-                    target.connection,
-                    "true",
-                    delete=target.delete_remote,
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[fetch]),
-                )
             if head_fetch is None:
                 head_fetch = fetch
             self.ready.append(fetch)
+        for step in on_destroy or []:
+            # Never replaced, never dependent on a fetch (a replaced fetch, or one that leaves
+            # with a host that stops serving, must not take the weights with it).
+            self.ready.append(
+                remote_on_destroy(
+                    f"{name}-{step.name}-remove",
+                    step.connection,
+                    step.delete,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+            )
         self.register_outputs({"path": path})

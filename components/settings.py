@@ -42,7 +42,8 @@ from pydantic import (
 from pydantic_core import PydanticUndefined
 
 from components.plan.model_config import INDEX_FILE
-from components.render.shell.storage import FORBIDDEN_MOUNT_POINTS
+from components.render.shell._weights_tool import system_path_problem
+from components.render.shell.storage import FORBIDDEN_MOUNT_POINTS, stable_device_problem
 from components.settings_checks import (
     check_address,
     check_env_name,
@@ -146,7 +147,17 @@ def _host_key(v: str) -> str:
 def _model_path(v: str) -> str:
     # Weights are verified, fanned out and (keep_on_destroy: false) removed as a whole
     # directory: it must be the model's own, not a top-level directory like /data.
-    return check_host_path(v, min_components=2)
+    v = check_host_path(v, min_components=2)
+    problem = system_path_problem(v)
+    if problem:
+        raise ValueError(
+            f"{problem}; keep the weights on a data directory (e.g. /data01/{_leaf(v)})"
+        )
+    return v
+
+
+def _leaf(v: str) -> str:
+    return v.rstrip("/").rsplit("/", 1)[-1] or "model"
 
 
 def _mount_point(v: str) -> str:
@@ -158,6 +169,9 @@ def _mount_point(v: str) -> str:
             f"{v} is inside a kernel or runtime filesystem; mount the data disk elsewhere "
             "(e.g. /data01)"
         )
+    problem = system_path_problem(v)
+    if problem:
+        raise ValueError(f"{problem}; mount the data disk elsewhere (e.g. /data01)")
     return v
 
 
@@ -165,9 +179,13 @@ def _device(v: str) -> str:
     if not re.fullmatch(r"/dev/[A-Za-z0-9._/:-]+", v):
         raise ValueError(f"must be a block device path under /dev (e.g. /dev/nvme1n1), got {v!r}")
     try:
-        return check_host_path(v, min_components=2, colon=True)
+        v = check_host_path(v, min_components=2, colon=True)
     except ValueError as exc:
         raise ValueError(f"must be a block device path under /dev: {exc}") from None
+    problem = stable_device_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
 
 
 def _revision(v: str) -> str:
@@ -290,13 +308,20 @@ class GpuSpec(_Model):
 
 class Storage(_Model):
     device: Annotated[str, AfterValidator(_device)] = Field(
-        description="block device, e.g. /dev/nvme1n1"
+        description="the data disk by a name that survives reboots: /dev/disk/by-id/... "
+        "(or by-uuid, by-partuuid, by-path, /dev/mapper/...); /dev/sdX and /dev/nvmeXnY "
+        "are refused (they can name another disk after a reboot); /dev/loopN is accepted "
+        "(loop devices have no by-id link)"
     )
     filesystem: Literal["xfs", "ext4"] = Field(description="xfs or ext4")
     mount_point: Annotated[str, AfterValidator(_mount_point)] = Field(description="e.g. /data01")
     allow_format: Bool = Field(
         default=False,
-        description="format the device if it has no filesystem; never formats one holding data",
+        description="let the first pulumi up partition and format the device, once, and only "
+        "if it is blank: no filesystem, RAID/LVM or partition-table signature on it or its "
+        "partitions, not mounted, not swap, no holders, not open in any process. A device "
+        "holding anything is refused, never wiped. After formatting, a record on the host "
+        "(/var/lib/vllm-cluster/storage) stops any later up from formatting it again",
     )
 
 

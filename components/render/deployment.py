@@ -43,6 +43,7 @@ from components.render.shell import (
     rsync_argv,
     storage,
     tarball_image_id,
+    weights_claim_end,
     weights_delete,
     weights_download,
     weights_ensure_dir,
@@ -88,8 +89,20 @@ class WeightsSteps:
     fetch_local: str | None = None
     fetch_remote: str | None = None
     needs_hub_token: bool = False
-    delete_remote: str | None = None
     after_head: bool = False
+
+
+@dataclass(frozen=True)
+class WeightsRetention:
+    """What happens to one host's weights when the stack is destroyed (or the host leaves
+    `hosts`). Declared for every host in `hosts`, serving or not, whatever
+    model.keep_on_destroy says: only its `delete` changes with the setting, so a toggle, or
+    a plan that serves on fewer hosts, updates it and never deletes anything."""
+
+    host: Host
+    ssh: SshTarget
+    # Removes the files this stack wrote (model.keep_on_destroy: false); None keeps them.
+    delete: str | None
 
 
 @dataclass(frozen=True)
@@ -111,6 +124,8 @@ class Deployment:
     multi_node: MultiNodeLayout | None
     ready_timeout_s: int
     image_id: str | None  # from the tarball, when one is used
+    # One per host in settings.hosts (not only the serving ones), in that order.
+    retention: tuple[WeightsRetention, ...] = ()
 
     @property
     def head(self) -> HostDeployment:
@@ -226,11 +241,19 @@ def _local_manifest_push(settings: Settings, target: SshTarget, base: Path) -> s
 
 
 def _weights_steps(
-    settings: Settings, host: Host, target: SshTarget, head: HostDeployment | None, base: Path
+    settings: Settings,
+    host: Host,
+    target: SshTarget,
+    head: HostDeployment | None,
+    base: Path,
+    owner: str,
 ) -> WeightsSteps:
     m = settings.model
     verify = weights_verify(host.name, m.path, m.verify, require_manifest=m.source == "local")
-    delete = None if m.keep_on_destroy else weights_delete(host.name, m.path)
+    # Every copy into the model path is wrapped in claim begin/end on the host: what it adds
+    # is recorded as this stack's, the only files weights_delete may remove.
+    claim_begin = run_over_ssh(target, weights_ensure_dir(host.name, m.path, owner)).rstrip()
+    claim_end = run_over_ssh(target, weights_claim_end(host.name, m.path, owner)).rstrip()
     if head is not None and m.distribution == "fanout":
         spec = FanoutSpec(
             source_host=head.host.name,
@@ -243,20 +266,23 @@ def _weights_steps(
             verify=m.verify,
         )
         driver = fanout_driver(spec, head.ssh.endpoint(), target.endpoint())
-        return WeightsSteps(verify, fetch_local=driver, delete_remote=delete, after_head=True)
+        # The driver is a whole script (it may `exit 0` early): a subshell keeps claim_end.
+        fetch = "\n".join(["set -euo pipefail", claim_begin, "(", driver.rstrip(), ")", claim_end])
+        return WeightsSteps(verify, fetch_local=fetch + "\n", after_head=True)
     if m.source == "local":
         assert m.local_dir is not None
         local_dir = str((base / m.local_dir).resolve())
         fetch = "\n".join(
             [
                 "set -euo pipefail",
-                run_over_ssh(target, weights_ensure_dir(host.name, m.path)).rstrip(),
+                claim_begin,
                 f"echo '[{host.name}] weights: rsync {local_dir} -> {m.path}' >&2",
                 shlex.join(rsync_argv(local_dir, target.endpoint(), m.path)) + " >&2",
                 _local_manifest_push(settings, target, base).rstrip(),
+                claim_end,
             ]
         )
-        return WeightsSteps(verify, fetch_local=fetch + "\n", delete_remote=delete)
+        return WeightsSteps(verify, fetch_local=fetch + "\n")
     assert m.id is not None
     spec_dl = DownloadSpec(
         host=host.name,
@@ -267,12 +293,27 @@ def _weights_steps(
         endpoint=m.hub_endpoint,
         token="stdin" if settings.secrets.hub_token else "none",
         verify=m.verify,
+        owner=owner,
     )
     return WeightsSteps(
         verify,
         fetch_remote=weights_download(spec_dl),
         needs_hub_token=settings.secrets.hub_token,
-        delete_remote=delete,
+    )
+
+
+def _weights_retention(
+    settings: Settings, files: OperatorFiles, rendered: list[HostDeployment], owner: str
+) -> tuple[WeightsRetention, ...]:
+    m = settings.model
+    serving = {hd.host.name: hd.ssh for hd in rendered}
+    return tuple(
+        WeightsRetention(
+            host=host,
+            ssh=serving.get(host.name) or _ssh_target(settings, host, files),
+            delete=None if m.keep_on_destroy else weights_delete(host.name, m.path, owner),
+        )
+        for host in settings.hosts
     )
 
 
@@ -354,7 +395,7 @@ def render_deployment(
                 host=host,
                 ssh=target,
                 scripts=scripts,
-                weights=_weights_steps(settings, host, target, head, base_dir),
+                weights=_weights_steps(settings, host, target, head, base_dir, owner),
                 node=node,
             )
         )
@@ -383,4 +424,5 @@ def render_deployment(
         multi_node=multi_node,
         ready_timeout_s=ready_timeout,
         image_id=image_id,
+        retention=_weights_retention(settings, files, rendered, owner),
     )

@@ -114,6 +114,26 @@ def remote_step(
     )
 
 
+def remote_on_destroy(
+    name: str,
+    connection: HostConnection,
+    delete: str | None,
+    *,
+    opts: pulumi.ResourceOptions | None = None,
+) -> remote.Command:
+    """A step with no `create`: pulumi-command runs nothing (and does not even connect) on
+    create or update, only `delete` (a script, or nothing when None) when the resource
+    leaves the program or the stack is destroyed. A change of `delete` or of the connection
+    is an update (only `triggers` replace), so it never runs the old `delete`."""
+    return remote.Command(
+        name,
+        connection=connection.args(),
+        delete=remote_command(delete) if delete else None,
+        add_previous_output_in_env=False,
+        opts=_options(opts),
+    )
+
+
 def local_step(
     name: str,
     script: str,

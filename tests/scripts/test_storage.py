@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ def render(dev: str, tmp_path: Path, **kw: Any) -> str:
         "device": dev,
         "mount_point": str(tmp_path / "mnt"),
         "fstab_path": str(tmp_path / "fstab"),
+        "state_dir": str(tmp_path / "state"),
+        "allow_format": True,
     }
     args.update(kw)
     return storage(StorageSpec(**args))
@@ -124,11 +127,11 @@ def test_foreign_filesystem_refused_without_allow_format(
 ) -> None:
     dev = loop_device()
     other, digest = make_foreign_ext4(dev, tmp_path)
-    proc = run_script(render(dev, tmp_path, filesystem="ext4"))
+    proc = run_script(render(dev, tmp_path, filesystem="ext4", allow_format=False))
     assert proc.returncode == 1
     assert "refusing to format it" in proc.stderr
     assert "ext4 filesystem labelled 'theirs'" in proc.stderr
-    assert "Fix: set storage.allow_format: true" in proc.stderr
+    assert "Fix: choose another storage.device" in proc.stderr
     assert data_digest(dev, other) == digest
     assert fstab_lines(tmp_path) == []
     assert blkid(dev, "LABEL") == "theirs"
@@ -148,21 +151,101 @@ def test_allow_format_refused_while_mounted(loop_device: LoopFactory, tmp_path: 
     assert data_digest(dev, other) == digest
 
 
-def test_allow_format_erases_foreign_data_when_not_mounted(
+def test_allow_format_never_erases_a_filesystem_holding_a_file(
     loop_device: LoopFactory, tmp_path: Path
 ) -> None:
+    """allow_format used to wipe any device that was not mounted; it formats blanks only."""
     dev = loop_device()
-    make_foreign_ext4(dev, tmp_path)
-    proc = run_script(render(dev, tmp_path, allow_format=True))
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["formatted"] is True
-    assert blkid(out["fs_device"], "TYPE") == "xfs"
-    assert "erasing a ext4 filesystem labelled 'theirs'" in proc.stderr
-    # A second run with allow_format still set must not format again.
+    other, digest = make_foreign_ext4(dev, tmp_path)
+    for _ in range(2):
+        proc = run_script(render(dev, tmp_path, allow_format=True))
+        assert proc.returncode == 1
+        assert "holds a ext4 filesystem labelled 'theirs'; refusing to format it" in proc.stderr
+        assert "it never erases data" in proc.stderr
+        assert "wipefs -a" in proc.stderr  # how to do it by hand, if really meant
+    assert data_digest(dev, other) == digest
+    assert blkid(dev, "LABEL") == "theirs"
+    assert fstab_lines(tmp_path) == []
+    assert not (tmp_path / "state").exists()  # nothing recorded: nothing was done
+
+
+def test_device_held_open_by_a_process_is_refused(loop_device: LoopFactory, tmp_path: Path) -> None:
+    """A blank device that no mount, swap or holder uses, but a process has open (a dd, a
+    VM, a database on the raw device): not ours to format."""
+    dev = loop_device()
+    holder = subprocess.Popen(["bash", "-c", f"exec 3<>{dev}; exec sleep 300"])
+    try:
+        for _ in range(50):  # until bash has opened fd 3 and become sleep
+            if Path(f"/proc/{holder.pid}/comm").read_text().strip() == "sleep":
+                break
+            time.sleep(0.1)
+        proc = run_script(render(dev, tmp_path, allow_format=True))
+        assert proc.returncode == 1
+        assert f"is open in process {holder.pid} (sleep)" in proc.stderr
+        assert "refusing to touch a device in use" in proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert blkid(dev, "PTTYPE") == ""  # untouched
+    assert not (tmp_path / "state").exists()
+    # Once the process is gone, the same run formats it.
     again = run_script(render(dev, tmp_path, allow_format=True))
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["formatted"] is False
+    assert json.loads(again.stdout)["formatted"] is True
+
+
+def test_blank_device_needs_allow_format(loop_device: LoopFactory, tmp_path: Path) -> None:
+    dev = loop_device()
+    proc = run_script(render(dev, tmp_path, allow_format=False))
+    assert proc.returncode == 1
+    assert "is blank; refusing to format it without permission" in proc.stderr
+    assert "Fix: set storage.allow_format: true for host lab-1" in proc.stderr
+    assert blkid(dev, "PTTYPE") == ""
+
+
+def test_allow_format_is_one_shot(loop_device: LoopFactory, tmp_path: Path) -> None:
+    """Formatted once; a later up with allow_format still set never formats it again, even
+    when the disk has become blank (erased by someone, or another disk now answers to the
+    same name)."""
+    dev = loop_device()
+    first = run_script(render(dev, tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["formatted"] is True
+    record = next((tmp_path / "state").iterdir())
+    assert "state=formatted" in record.read_text()
+    second = run_script(render(dev, tmp_path))
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["formatted"] is False
+    subprocess.run(["umount", str(tmp_path / "mnt")], check=True)
+    subprocess.run(["wipefs", "-a", "-q", f"{dev}p1"], check=True)
+    subprocess.run(["wipefs", "-a", "-q", dev], check=True)
+    subprocess.run(["partx", "-d", dev], check=False)
+    third = run_script(render(dev, tmp_path))
+    assert third.returncode == 1
+    assert "formatted it once already" in third.stderr
+    assert f"remove {record}" in third.stderr
+    assert blkid(dev, "PTTYPE") == ""  # not formatted again
+
+
+@pytest.mark.parametrize("device", ["/dev/sdb", "/dev/nvme1n1", "/dev/vdb1", "/dev/disk/by-id/"])
+def test_kernel_names_are_refused(device: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"storage\.device: .* kernel name"):
+        render(device, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "/dev/disk/by-id/nvme-SAMSUNG_MZQL27T6HBLA-00A07_S6CKNE0R123456",
+        "/dev/disk/by-uuid/0b6f3d2e-1c1d-4c6a-9f5e-8b0d6f1a2b3c",
+        "/dev/disk/by-path/pci-0000:3b:00.0-nvme-1",
+        "/dev/mapper/data-weights",
+        "/dev/loop3",
+        "/dev/loop3p1",
+    ],
+)
+def test_stable_names_are_accepted(device: str, tmp_path: Path) -> None:
+    assert "DEVICE=" in render(device, tmp_path)
 
 
 def test_foreign_partition_table_refused(loop_device: LoopFactory, tmp_path: Path) -> None:
@@ -198,7 +281,7 @@ def test_mount_point_taken_by_another_device(loop_device: LoopFactory, tmp_path:
 
 
 def test_not_a_block_device(tmp_path: Path) -> None:
-    proc = run_script(render("/dev/vllm-cluster-no-such-disk", tmp_path))
+    proc = run_script(render("/dev/disk/by-id/vllm-cluster-no-such-disk", tmp_path))
     assert proc.returncode == 1
     assert "is not a block device" in proc.stderr
 

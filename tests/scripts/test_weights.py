@@ -12,7 +12,6 @@ import pytest
 from components.render.shell import (
     MANIFEST,
     DownloadSpec,
-    weights_delete,
     weights_download,
     weights_verify,
     write_manifest,
@@ -23,6 +22,7 @@ from .conftest import needs_tools, run_script, write_exe
 pytestmark = pytest.mark.scripts
 
 TOKEN = "hf_SeCrEt_t0ken_4_test"
+OWNER = "vllm-cluster/lab"
 
 
 def make_model(root: Path) -> Path:
@@ -113,6 +113,8 @@ def test_hf_download_token_stays_off_command_lines(fake_bin: Path, tmp_path: Pat
             token="stdin",
             attempts=2,
             retry_delay_s=0,
+            owner=OWNER,
+            state_dir=str(tmp_path / "state"),
         )
     )
     assert TOKEN not in script
@@ -138,7 +140,15 @@ def test_hf_download_token_stays_off_command_lines(fake_bin: Path, tmp_path: Pat
 
     # Another revision is another download.
     other = weights_download(
-        DownloadSpec("lab-1", "huggingface", "org/tiny-llama", str(path), revision="v2")
+        DownloadSpec(
+            "lab-1",
+            "huggingface",
+            "org/tiny-llama",
+            str(path),
+            revision="v2",
+            owner=OWNER,
+            state_dir=str(tmp_path / "state"),
+        )
     )
     third = run_script(other, path_prefix=fake_bin)
     assert third.returncode == 0, third.stderr
@@ -172,6 +182,8 @@ head -c 100 /dev/zero >"$dir/model.safetensors"
         token_file=str(token_file),
         verify="sha256",
         manifest_sha256=True,
+        owner=OWNER,
+        state_dir=str(tmp_path / "state"),
     )
     loose = run_script(weights_download(spec), path_prefix=fake_bin)
     assert loose.returncode == 1
@@ -187,54 +199,14 @@ head -c 100 /dev/zero >"$dir/model.safetensors"
 
 
 def test_missing_cli_fails_at_once(tmp_path: Path) -> None:
-    spec = DownloadSpec("lab-1", "modelscope", "a/b", str(tmp_path / "m" / "x"))
+    spec = DownloadSpec(
+        "lab-1",
+        "modelscope",
+        "a/b",
+        str(tmp_path / "m" / "x"),
+        owner=OWNER,
+        state_dir=str(tmp_path),
+    )
     proc = run_script(weights_download(spec), env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 1
     assert "modelscope not found. Fix: pip install -U modelscope" in proc.stderr
-
-
-def guard_rm(bin_dir: Path, log: Path) -> None:
-    """An `rm` first on PATH that only records: a bug in a refusal can delete nothing."""
-    write_exe(bin_dir / "rm", f'#!/bin/sh\necho "rm $*" >>{log}\nexit 1\n')
-
-
-def test_delete_refusals(fake_bin: Path, tmp_path: Path) -> None:
-    rm_log = tmp_path / "rm.log"
-    guard_rm(fake_bin, rm_log)
-    (tmp_path / "links").mkdir()
-    to_root = tmp_path / "links" / "root"
-    to_root.symlink_to("/")
-    to_tmp = tmp_path / "links" / "tmp"
-    to_tmp.symlink_to("/tmp")
-    plain = tmp_path / "data" / "not-ours"
-    plain.mkdir(parents=True)
-    (plain / "keep.txt").write_text("keep")
-    cases = {
-        to_root: "it resolves to '/'",
-        to_tmp: "it resolves to /tmp (fewer than 2 path components)",
-        plain: f"no {MANIFEST} in it",
-    }
-    for path, message in cases.items():
-        proc = run_script(weights_delete("lab-1", str(path)), path_prefix=fake_bin)
-        assert proc.returncode == 1, path
-        assert message in proc.stderr, proc.stderr
-    assert not rm_log.exists()
-    assert (plain / "keep.txt").read_text() == "keep"
-    for bad in ("/", "/data", "data/x", ""):
-        with pytest.raises(ValueError):
-            weights_delete("lab-1", bad)
-
-
-def test_delete_removes_exactly_the_model_dir(tmp_path: Path) -> None:
-    model = make_model(tmp_path / "data")
-    write_manifest(str(model))
-    sibling = tmp_path / "data" / "other.txt"
-    sibling.write_text("stay")
-    script = weights_delete("lab-1", str(model))
-    proc = run_script(script)
-    assert proc.returncode == 0, proc.stderr
-    assert not model.exists()
-    assert sibling.read_text() == "stay"
-    again = run_script(script)
-    assert again.returncode == 0
-    assert "already gone" in again.stderr

@@ -10,7 +10,7 @@ import pulumi
 import pytest
 
 from components.gpu_host import GpuHost, GpuHostArgs
-from components.model_weights import ModelWeights, WeightsTarget
+from components.model_weights import ModelWeights, WeightsOnDestroy, WeightsTarget
 from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
 from components.render.deployment import HostScripts
 from components.render.engine import EngineLaunch, NodeNetwork, RayLayout
@@ -246,9 +246,12 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
                     ssh("10.0.0.2"),
                     "verify",
                     fetch_remote="pull from head",
-                    delete_remote="remove",
                     after_head=True,
                 ),
+            ],
+            on_destroy=[
+                WeightsOnDestroy("h1", conn("10.0.0.1"), None),
+                WeightsOnDestroy("h2", conn("10.0.0.2"), "remove"),
             ],
         )
         return settle(weights.urn)
@@ -266,7 +269,13 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
     assert worker_fetch.inputs["create"] == "bash -c 'pull from head\nverify'"
     # A re-fetch replaces the fetch; removal must not ride on it.
     assert "delete" not in worker_fetch.inputs
-    assert mocks.named("weights-h2-remove").inputs["delete"] == "bash -c remove"
+    remove = mocks.named("weights-h2-remove")
+    assert remove.inputs["delete"] == "bash -c remove"
+    assert_connects_to(remove, "10.0.0.2")
+    # Nothing runs on create or update, and nothing can replace it.
+    assert "create" not in remove.inputs and "triggers" not in remove.inputs
+    keep = mocks.named("weights-h1-remove")
+    assert "delete" not in keep.inputs and "create" not in keep.inputs
     checks = sorted(r.name for r in mocks.of_type(DYNAMIC) if r.name.endswith("-check"))
     assert checks == ["weights-h1-check", "weights-h2-check"]
 

@@ -38,7 +38,7 @@ def valid_raw() -> dict[str, Any]:
                 "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
                 "gpus": {"count": 8, "model": "NVIDIA H20", "memory_gib": 96},
                 "storage": {
-                    "device": "/dev/nvme1n1",
+                    "device": "/dev/disk/by-id/nvme-data-1",
                     "filesystem": "xfs",
                     "mount_point": "/data01",
                 },

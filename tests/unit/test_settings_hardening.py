@@ -80,7 +80,7 @@ def _write(name: str, content: bytes) -> Mutator:
     return mutate
 
 
-STORAGE = {"device": "/dev/nvme1n1", "filesystem": "xfs", "mount_point": "/data"}
+STORAGE = {"device": "/dev/disk/by-id/nvme-data-1", "filesystem": "xfs", "mount_point": "/data"}
 PUBLIC_KEY = HOST_KEY.encode() + b" user@laptop\n"
 
 # (id, mutation, the key path the error must name, a phrase of its message)

@@ -140,7 +140,7 @@ def _all_scripts() -> dict[str, str]:
                 required_commands=("python3",),
             )
         ),
-        "storage": shell.storage(shell.StorageSpec("h", "/dev/sdb", "/data01")),
+        "storage": shell.storage(shell.StorageSpec("h", "/dev/disk/by-id/nvme-data-1", "/data01")),
         "storage_delete": shell.storage_delete("h", "/dev/sdb", "/data01"),
         "docker": shell.docker_install(
             shell.DockerSpec("h", install=True, registry_mirrors=("https://m.example",))
@@ -150,11 +150,12 @@ def _all_scripts() -> dict[str, str]:
         "image_check": shell.image_check("h", "v/v:1", "sha256:" + "a" * 64),
         "image_delete": shell.image_delete("h", "v/v:1"),
         "download": shell.weights_download(
-            shell.DownloadSpec("h", "huggingface", "org/m", "/data/m", token="stdin")
+            shell.DownloadSpec("h", "huggingface", "org/m", "/data/m", token="stdin", owner="p/s")
         ),
         "verify": shell.weights_verify("h", "/data/m"),
-        "ensure_dir": shell.weights_ensure_dir("h", "/data/m"),
-        "delete": shell.weights_delete("h", "/data/m"),
+        "ensure_dir": shell.weights_ensure_dir("h", "/data/m", "p/s"),
+        "claim_end": shell.weights_claim_end("h", "/data/m", "p/s"),
+        "delete": shell.weights_delete("h", "/data/m", "p/s"),
         "keep": shell.weights_keep("h", "/data/m"),
         "keygen": shell.fanout_keygen(fs),
         "grant": shell.fanout_grant(fs),

@@ -5,6 +5,11 @@ The same absolute path holds identical weights on every node. What makes a direc
 named in the safetensors index, and — when the manifest ``.vllm-cluster-manifest.json`` is
 there — every listed file at its listed size (or sha256).
 
+Ownership: every step that writes into the model directory runs ``claim-begin`` before and
+``claim-end`` after (``_weights_tool.py``), which record on the host, outside the model
+directory, exactly which files and directories this stack (``owner``: ``<project>/<stack>``)
+wrote. Deletion (:func:`weights_delete`) removes only those.
+
 Secrets: the hub token reaches the host on the command's standard input (or from a 0600
 file already on the host); the script puts it into the CLI's environment (``HF_TOKEN``,
 ``MODELSCOPE_API_TOKEN``) — never into a command line, so ``ps`` does not show it.
@@ -22,6 +27,8 @@ from . import _weights_tool
 from ._common import check_abs_path, fragment, heredoc, q, render
 
 MANIFEST = _weights_tool.MANIFEST
+OWNER_DIR = _weights_tool.OWNER_DIR
+system_path_problem = _weights_tool.system_path_problem
 DOWNLOAD_MARKER = ".vllm-cluster-download.json"
 build_manifest = _weights_tool.build_manifest
 write_manifest = _weights_tool.write_manifest
@@ -57,7 +64,32 @@ def _check_mode(mode: str) -> str:
 
 def _check_model_path(path: str) -> str:
     # Two components at least: /data01/model, never /data01 itself (deletion safety).
-    return check_abs_path(path, "model.path", min_components=2)
+    p = check_abs_path(path, "model.path", min_components=2)
+    problem = system_path_problem(p)
+    if problem:
+        raise ValueError(f"model.path: {problem}; keep the weights on a data disk (e.g. /data01/x)")
+    return p
+
+
+_OWNER = re.compile(r"^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")
+
+
+def _check_owner(owner: str) -> str:
+    if not _OWNER.match(owner):
+        raise ValueError(f"owner must be <project>/<stack>: {owner!r}")
+    return owner
+
+
+def _claim_lines(path: str, owner: str, state_dir: str) -> list[str]:
+    """Variables and the tool for ``wclaim begin|end`` (record what this stack writes)."""
+    return [
+        f"WPATH={q(_check_model_path(path))}",
+        f"OWNER={q(_check_owner(owner))}",
+        f"OWNER_DIR={q(check_abs_path(state_dir, 'state_dir', min_components=1))}",
+        _tool_function(),
+        'wclaim() { wtool "claim-$1" "$WPATH" --owner "$OWNER" --state-dir "$OWNER_DIR"'
+        ' --host "$HOST"; }',
+    ]
 
 
 def weights_verify(
@@ -98,6 +130,10 @@ class DownloadSpec:
     verify: VerifyMode = "sizes"
     manifest_sha256: bool = False
     """Record sha256 in the manifest written after the download (slow for big models)."""
+    owner: str = ""
+    """``<project>/<stack>``: the files the download writes are recorded as this owner's."""
+    state_dir: str = OWNER_DIR
+    """Where the ownership records live on the host (tests point it elsewhere)."""
     attempts: int = 3
     retry_delay_s: int = 15
     """Wait before retry n is n x this (the CLIs resume, so retries continue)."""
@@ -133,12 +169,11 @@ def weights_download(spec: DownloadSpec) -> str:
         token_file = check_abs_path(spec.token_file, "token_file")
     if spec.attempts < 1 or spec.retry_delay_s < 0:
         raise ValueError("attempts must be >= 1 and retry_delay_s >= 0")
-    path = _check_model_path(spec.path)
     lines = [
+        *_claim_lines(spec.path, spec.owner, spec.state_dir),
         f"SOURCE={q(spec.source)}",
         f"MODEL_ID={q(spec.model_id)}",
         f"REVISION={q(spec.revision or '')}",
-        f"WPATH={q(path)}",
         f"ENDPOINT={q(spec.endpoint or '')}",
         f"TOKEN_MODE={q(spec.token)}",
         f"TOKEN_FILE={q(token_file)}",
@@ -148,17 +183,24 @@ def weights_download(spec: DownloadSpec) -> str:
         f"RETRY_DELAY={int(spec.retry_delay_s)}",
         f"MARKER={q(DOWNLOAD_MARKER)}",
         f"MARKER_TEXT={q(_marker(spec))}",
-        _tool_function(),
         fragment("weights_download"),
     ]
     return render(spec.host, "weights", "\n".join(lines))
 
 
-def weights_ensure_dir(host: str, path: str) -> str:
-    """``mkdir -p`` of the model path (before an rsync from the operator machine)."""
-    body = (
-        f'WPATH={q(_check_model_path(path))}\nmkdir -p -- "$WPATH"\nlog "directory $WPATH ready"\n'
+def weights_ensure_dir(host: str, path: str, owner: str, state_dir: str = OWNER_DIR) -> str:
+    """Before anything writes into the model path (an rsync from the operator machine, a
+    copy from the head): create it (the directories created are recorded) and note what is
+    already there, so only what the copy adds counts as this stack's."""
+    body = "\n".join(
+        [*_claim_lines(path, owner, state_dir), "wclaim begin", 'log "directory $WPATH ready"']
     )
+    return render(host, "weights", body)
+
+
+def weights_claim_end(host: str, path: str, owner: str, state_dir: str = OWNER_DIR) -> str:
+    """After a copy into the model path: record what it added as this stack's."""
+    body = "\n".join([*_claim_lines(path, owner, state_dir), "wclaim end"])
     return render(host, "weights", body)
 
 
@@ -260,15 +302,16 @@ def rsync_argv(local_dir: str, dest: SshEndpoint, path: str, *, rsync: str = "rs
     ]
 
 
-def weights_delete(host: str, path: str) -> str:
-    """Delete step when ``keep_on_destroy`` is false: removes exactly the model directory.
+def weights_delete(host: str, path: str, owner: str, state_dir: str = OWNER_DIR) -> str:
+    """Delete step when ``keep_on_destroy`` is false: removes only what ``owner`` wrote.
 
-    Refused (exit 1) unless the real path (symlinks resolved) is an existing directory with
-    at least two components that holds our manifest; ``/``, ``/data`` or a directory we did
-    not fill are never removed. An already absent directory is fine (idempotent).
+    The files listed in this owner's record for this path (each only while it has the
+    recorded size), then the directories it created once empty. No record: nothing is
+    deleted (exit 0, logged). A record of another owner or path, a path that now resolves
+    elsewhere, or a system directory (``/usr``, ``/var/lib``, home directories, ...):
+    refused, nothing deleted (exit 1). Idempotent: the record goes with the files.
     """
-    p = _check_model_path(path)
-    body = "\n".join([f"WPATH={q(p)}", f"MANIFEST={q(MANIFEST)}", fragment("weights_delete")])
+    body = "\n".join([*_claim_lines(path, owner, state_dir), fragment("weights_delete")])
     return render(host, "weights", body)
 
 

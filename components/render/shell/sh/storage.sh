@@ -32,9 +32,24 @@ ensure_node() {
   log "creating device node $node ($want) with mknod (no udev)"
   mknod -m 0660 -- "$node" b "${want%%:*}" "${want##*:}"
 }
-# Is this block device (name) in use: mounted, swap, or held by LVM/md/dm?
+# Processes holding a block device (major:minor) open, as "pid (command)" words: every
+# /proc/<pid>/fd entry, compared by device number, so a node of another name or in another
+# mount namespace counts too (what `fuser`/`lsof` would see, without needing them).
+open_by() {
+  local want=$1 hex pid
+  hex=$(printf '%x:%x' "${want%%:*}" "${want##*:}")
+  find /proc/[0-9]*/fd -mindepth 1 -maxdepth 1 -type l -print0 2>/dev/null \
+    | xargs -0 -r stat -L -c '%t:%T %n %F' 2>/dev/null \
+    | awk -v d="$hex" '$1 == d && $3 == "block" { split($2, p, "/"); print p[3] }' \
+    | sort -un | while read -r pid; do
+        printf '%s (%s) ' "$pid" "$(tr -d '\n' <"/proc/$pid/comm" 2>/dev/null || echo '?')"
+      done
+  return 0
+}
+# Is this block device (name) in use: mounted, swap, held by LVM/md/dm, backing a loop
+# device, or open in any process?
 in_use() {
-  local name=$1 num
+  local name=$1 num bf procs
   num=$(sysdev "$name")
   if awk -v d="$num" '$3 == d { f = 1 } END { exit !f }' /proc/self/mountinfo; then
     USE="mounted at $(awk -v d="$num" '$3 == d { print $5; exit }' /proc/self/mountinfo)"; return 0
@@ -44,6 +59,14 @@ in_use() {
   fi
   if [ -n "$(ls -A "/sys/class/block/$name/holders" 2>/dev/null)" ]; then
     USE="held by $(ls "/sys/class/block/$name/holders" | tr '\n' ' ')"; return 0
+  fi
+  for bf in /sys/block/loop*/loop/backing_file; do
+    [ -r "$bf" ] && [ "$(cat -- "$bf" 2>/dev/null)" = "/dev/$name" ] || continue
+    USE="the backing file of $(basename -- "$(dirname -- "$(dirname -- "$bf")")")"; return 0
+  done
+  procs=$(open_by "$num")
+  if [ -n "$procs" ]; then
+    USE="open in process ${procs% }"; return 0
   fi
   return 1
 }
@@ -55,8 +78,8 @@ describe() {
   else printf 'unrecognised data'; fi
 }
 
-DEV=$(readlink -f -- "$DEVICE")
-[ -b "$DEV" ] || die "$DEVICE is not a block device on this host. Fix: set storage.device of host $HOST to a disk listed by lsblk"
+DEV=$(readlink -f -- "$DEVICE" 2>/dev/null || true)
+[ -n "$DEV" ] && [ -b "$DEV" ] || die "$DEVICE is not a block device on this host. Fix: set storage.device of host $HOST to the disk's link in /dev/disk/by-id (ls -l /dev/disk/by-id)"
 NAME=$(basename -- "$DEV")
 [ -e "/sys/class/block/$NAME" ] || die "no sysfs entry for $DEV"
 WHOLE=1; [ -e "/sys/class/block/$NAME/partition" ] && WHOLE=0
@@ -76,7 +99,8 @@ if [ "$WHOLE" = 1 ]; then
     if [ "$(probe PART_ENTRY_NAME "/dev/$P1")" = "$LABEL" ]; then TARGET=$P1; fi
   fi
   if [ -z "$TARGET" ]; then
-    if [ -z "$PT" ] && [ -z "$WFS" ] && [ -z "$(wipefs -n -- "$DEV" 2>/dev/null)" ]; then STATE=blank
+    if [ -z "$PT" ] && [ -z "$WFS" ] && [ -z "$(parts_of "$NAME")" ] \
+      && [ -z "$(wipefs -n -- "$DEV" 2>/dev/null)" ]; then STATE=blank
     else STATE=foreign; FOREIGN=$(describe "$DEV"); fi
   fi
 else
@@ -130,13 +154,25 @@ finish() {
 }
 
 ERASED_UUIDS=""
+# One-shot: formatting needs allow_format, and happens at most once per device. The record
+# is written before the first write to the disk ("started": a run that stops half-way may
+# finish the job) and marked "formatted" after mkfs; after that, never again.
+record_state() { sed -n 's/^state=//p' -- "$RECORD" 2>/dev/null | head -n 1; }
+write_record() {
+  mkdir -p -- "$(dirname -- "$RECORD")"
+  chmod 0700 -- "$(dirname -- "$RECORD")"
+  printf 'state=%s\ndevice=%s\nkernel_name=%s\nuuid=%s\ndate=%s\n' \
+    "$1" "$DEVICE" "$DEV" "${2:-}" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$RECORD.tmp"
+  mv -f -- "$RECORD.tmp" "$RECORD"
+}
 # 1. Already mounted at the mount point?
 if mountpoint -q -- "$MP" 2>/dev/null; then
   MOUNTED=$(mountpoint -d -- "$MP")
   if [ -n "$TARGET" ] && [ "$MOUNTED" = "$(sysdev "$TARGET")" ]; then
     UUID=$(probe UUID "/dev/$TARGET"); T_TYPE=$(probe TYPE "/dev/$TARGET")
-    [ "$T_TYPE" = "$FSTYPE" ] || die "/dev/$TARGET is mounted at $MP but holds $T_TYPE, not $FSTYPE. Fix: set storage.filesystem of host $HOST to $T_TYPE, or unmount it and set storage.allow_format: true"
+    [ "$T_TYPE" = "$FSTYPE" ] || die "/dev/$TARGET is mounted at $MP but holds $T_TYPE, not $FSTYPE. Fix: set storage.filesystem of host $HOST to $T_TYPE, or choose another storage.mount_point"
     log "already prepared: /dev/$TARGET ($FSTYPE, UUID $UUID) is mounted at $MP; leaving it alone"
+    [ "$(record_state)" = formatted ] || write_record formatted "$UUID"
     ensure_fstab "$UUID"
     finish "$UUID" false
     exit 0
@@ -150,30 +186,25 @@ for n in "$NAME" $( [ "$WHOLE" = 1 ] && parts_of "$NAME" ); do
     if [ "$STATE" = ours ]; then
       die "/dev/$n holds our $FSTYPE filesystem but is $USE. Fix: set storage.mount_point of host $HOST to that path, or unmount it"
     fi
-    die "/dev/$n is $USE; refusing to touch a device in use (allow_format does not override this). Fix: choose another storage.device"
+    die "/dev/$n is $USE; refusing to touch a device in use (allow_format does not override this). Fix: choose another storage.device, or stop what uses it"
   fi
 done
 
 FORMATTED=false
 if [ "$STATE" = foreign ]; then
+  die "$DEV holds $FOREIGN; refusing to format it (storage.allow_format formats only a blank device; it never erases data). Fix: choose another storage.device, or, if that data is really unwanted, erase it yourself (wipefs -a $DEV) and run pulumi up again"
+fi
+
+if [ "$STATE" = blank ] || [ "$STATE" = needs-mkfs ]; then
+  WHAT=$([ "$STATE" = blank ] && echo "blank" || echo "our partition /dev/$TARGET without a filesystem")
+  if [ "$(record_state)" = formatted ]; then
+    die "$DEVICE ($DEV) is $WHAT, but this host formatted it once already ($(sed -n 's/^date=//p' -- "$RECORD")); refusing to format it again (allow_format is one-shot). Fix: find out what erased it; to format it anyway, remove $RECORD and run pulumi up again"
+  fi
   if [ "$ALLOW_FORMAT" != 1 ]; then
-    die "$DEV holds $FOREIGN; refusing to format it. Fix: set storage.allow_format: true to erase it, or choose another storage.device"
+    die "$DEVICE ($DEV) is $WHAT; refusing to format it without permission. Fix: set storage.allow_format: true for host $HOST (it formats a blank device once, never one holding data)"
   fi
-  log "allow_format is set: erasing $FOREIGN on $DEV"
-  # fstab lines naming filesystems we erase would point at nothing: drop them too.
-  for n in "$NAME" $( [ "$WHOLE" = 1 ] && parts_of "$NAME" ); do
-    [ "$n" = "$NAME" ] || ensure_node "$n"
-    u=$(probe UUID "/dev/$n"); [ -z "$u" ] || ERASED_UUIDS+=" $u"
-  done
-  if [ "$WHOLE" = 1 ]; then
-    for p in $(parts_of "$NAME"); do ensure_node "$p"; wipefs -a -q -- "/dev/$p" || true; done
-    wipefs -a -q -- "$DEV"
-    partx -d -- "$DEV" 2>/dev/null || true
-    STATE=blank; TARGET=""
-  else
-    wipefs -a -q -- "$DEV"
-    STATE=needs-mkfs
-  fi
+  [ "$(record_state)" = started ] && log "finishing the format an earlier run started (record $RECORD)"
+  write_record started
 fi
 
 if [ "$STATE" = blank ]; then
@@ -206,8 +237,7 @@ if [ "$STATE" = blank ]; then
   ensure_node "$TARGET"
   if [ -n "$(wipefs -n -- "/dev/$TARGET" 2>/dev/null)" ]; then
     # Data from an earlier life of the disk at the same offset; blank only at the start.
-    [ "$ALLOW_FORMAT" = 1 ] || die "the new partition /dev/$TARGET shows $(describe "/dev/$TARGET") left from earlier use; refusing to format it. Fix: set storage.allow_format: true"
-    wipefs -a -q -- "/dev/$TARGET"
+    die "the new partition /dev/$TARGET shows $(describe "/dev/$TARGET") left from earlier use; refusing to format over it. Fix: check that nothing on $DEV is wanted, erase it yourself (wipefs -a /dev/$TARGET) and run pulumi up again"
   fi
   STATE=needs-mkfs
 fi
@@ -225,6 +255,8 @@ fi
 [ "$STATE" = ours ] || die "internal: unexpected state $STATE"
 UUID=$(probe UUID "/dev/$TARGET")
 [ -n "$UUID" ] || die "no UUID on /dev/$TARGET after mkfs"
+# Ours (formatted now, or by an earlier run or release): never format it again.
+[ "$(record_state)" = formatted ] || write_record formatted "$UUID"
 ensure_fstab "$UUID"
 mkdir -p -- "$MP"
 if [ -n "$(ls -A -- "$MP" 2>/dev/null)" ]; then

@@ -13,10 +13,13 @@ case "$TOKEN_MODE" in
 esac
 TOKEN=${TOKEN%$'\r'}
 
-mkdir -p -- "$WPATH"
+# Creates the directory (noting which directories it made) and what is already in it: only
+# what this run adds is recorded as ours, for deletion (model.keep_on_destroy: false).
+wclaim begin
 if [ -f "$WPATH/$MARKER" ] && [ "$(cat -- "$WPATH/$MARKER")" = "$MARKER_TEXT" ] \
   && SUMMARY=$(wtool verify "$WPATH" --mode "$MODE" --host "$HOST" --require-manifest 2>/dev/null); then
   log "$MODEL_ID${REVISION:+@$REVISION} already complete at $WPATH; skipping download"
+  wclaim end
   printf '%s\n' "$SUMMARY"
   exit 0
 fi
@@ -59,5 +62,6 @@ log "downloaded; writing the manifest"
 if [ "$MANIFEST_SHA" = 1 ]; then wtool build "$WPATH" --sha256 >/dev/null; else wtool build "$WPATH" >/dev/null; fi
 SUMMARY=$(wtool verify "$WPATH" --mode "$MODE" --host "$HOST" --require-manifest)
 printf '%s\n' "$MARKER_TEXT" >"$WPATH/$MARKER"
+wclaim end
 printf '%s\n' "$SUMMARY"
 log "ok"
