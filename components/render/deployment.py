@@ -240,6 +240,8 @@ def _weights_steps(
             marker=f"{head.host.name}-to-{host.name}",
             source_user=head.host.user,
             source_port=head.host.port,
+            # The grant accepts the temporary key only from the target's address.
+            from_address=host.address,
             verify=m.verify,
         )
         driver = fanout_driver(spec, head.ssh.endpoint(), target.endpoint())

@@ -296,3 +296,15 @@ def test_weights_distribution(project: Path, model: dict[str, Any], n2_fans_out:
     n2 = mocks.named("weights-n2-fetch").inputs["create"]
     assert "fanout" not in str(n1.get("create"))
     assert ("fanout" in n2) is n2_fans_out
+
+
+def test_fanout_grant_is_bound_to_the_target_address(project: Path) -> None:
+    """The head accepts n2's temporary key only from n2's address (from=)."""
+    config = write_project(project, hosts=2)
+    config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    config["model"].update(HUB_MODEL)
+    config["model"].pop("local_dir")
+    config["model"]["config_file"] = "model/config.json"
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    driver = mocks.named("weights-n2-fetch").inputs["create"]
+    assert "FROM=10.9.0.2" in driver
