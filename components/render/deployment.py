@@ -156,29 +156,36 @@ def run_over_ssh(target: SshTarget, script: str, tag: str = "VLLM_CLUSTER_SCRIPT
     return f"{shlex.join([*target.ssh_command(), 'bash', '-s'])} <<'{tag}'\n{script}\n{tag}\n"
 
 
+def _say(message: str) -> str:
+    """An operator-side line printing `message` to stderr, as an inert word (paths and names
+    may hold quotes, spaces or ``$(...)``)."""
+    return f"printf '%s\\n' {shlex.quote(message)} >&2"
+
+
 def image_stream_load(target: SshTarget, host: str, image: str, image_id: str, tar: str) -> str:
     """Operator-side: stream the image tarball into `docker load` on the host over SSH
     (no temporary copy on the host), skipped when the host has exactly `image_id`."""
     check = run_over_ssh(target, image_check(host, image, image_id))
     ssh = shlex.join([*target.ssh_command(), "docker", "load"])
+    qtar = shlex.quote(tar)
     return f"""set -euo pipefail
 have=$({check.rstrip()}
 )
 if [ "$have" = present ]; then
-  echo "[{host}] image: {image} ({image_id[:19]}) already loaded, nothing copied" >&2
+  {_say(f"[{host}] image: {image} ({image_id[:19]}) already loaded, nothing copied")}
   exit 0
 fi
-size=$(du -h {shlex.quote(tar)} | cut -f1)
-echo "[{host}] image: streaming {tar} ($size) into docker load" >&2
+size=$(du -h -- {qtar} | cut -f1)
+printf '%s (%s) into docker load\\n' {shlex.quote(f"[{host}] image: streaming {tar}")} "$size" >&2
 start=$SECONDS
-{ssh} < {shlex.quote(tar)} >&2
+{ssh} < {qtar} >&2
 have=$({check.rstrip()}
 )
 if [ "$have" != present ]; then
-  echo "[{host}] image: {image} is not {image_id} after loading" >&2
+  {_say(f"[{host}] image: {image} is not {image_id} after loading")}
   exit 1
 fi
-echo "[{host}] image: loaded in $((SECONDS - start))s" >&2
+printf '%s %ss\\n' {shlex.quote(f"[{host}] image: loaded in")} "$((SECONDS - start))" >&2
 """
 
 
@@ -253,7 +260,7 @@ def _weights_steps(
             [
                 "set -euo pipefail",
                 run_over_ssh(target, weights_ensure_dir(host.name, m.path)).rstrip(),
-                f"echo '[{host.name}] weights: rsync {local_dir} -> {m.path}' >&2",
+                _say(f"[{host.name}] weights: rsync {local_dir} -> {m.path}"),
                 shlex.join(rsync_argv(local_dir, target.endpoint(), m.path)) + " >&2",
                 _local_manifest_push(settings, target, base).rstrip(),
             ]
