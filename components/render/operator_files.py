@@ -52,11 +52,20 @@ def host_key_from_known_hosts(text: str, address: str, port: int) -> str | None:
     return None
 
 
-def known_hosts_text(hosts: tuple[Host, ...], keys: dict[str, str]) -> str:
-    lines = []
-    for h in hosts:
-        name = h.address if h.port == 22 else f"[{h.address}]:{h.port}"
-        lines.append(f"{name} {keys[h.name]}")
+def known_hosts_text(
+    hosts: tuple[Host, ...],
+    keys: dict[str, str],
+    bastion: tuple[str, int, str] | None = None,
+) -> str:
+    """known_hosts lines pinning every host and, given as (address, port, key), the bastion:
+    the bastion hop (a ProxyCommand ssh) checks its key against this same file."""
+    entries = [(h.address, h.port, keys[h.name]) for h in hosts]
+    if bastion is not None:
+        entries.append(bastion)
+    lines = [
+        f"{address if port == 22 else f'[{address}]:{port}'} {key}"
+        for address, port, key in entries
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -138,10 +147,14 @@ def prepare_operator_files(
             )
     if unpinned:
         raise HostKeysNotPinned("host keys must be pinned:\n  - " + "\n  - ".join(unpinned))
-    if known_path is not None and all(h.host_key is None for h in settings.hosts):
+    explicit = [h.host_key for h in settings.hosts] + [bastion.host_key if bastion else None]
+    if known_path is not None and all(k is None for k in explicit):
         known_file = known_path
     else:
         known_file = stack_dir / "known_hosts"
         stack_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        known_file.write_text(known_hosts_text(settings.hosts, keys))
+        pinned_bastion = None
+        if bastion is not None and bastion_key is not None:
+            pinned_bastion = (bastion.address, bastion.port, bastion_key)
+        known_file.write_text(known_hosts_text(settings.hosts, keys, pinned_bastion))
     return OperatorFiles(str(key_path), str(known_file), keys, bastion_key)

@@ -308,3 +308,33 @@ def test_fanout_grant_is_bound_to_the_target_address(project: Path) -> None:
     mocks = run_program(config, {"apiKey": "sk-lab"})
     driver = mocks.named("weights-n2-fetch").inputs["create"]
     assert "FROM=10.9.0.2" in driver
+
+
+def test_bastion_hop_of_openssh_clients_uses_the_pinned_key_and_known_hosts(
+    project: Path,
+) -> None:
+    """No `-J` (its hop ssh would use default keys and ~/.ssh/known_hosts): a ProxyCommand
+    with the stack's key, the pinned known_hosts (which pins the bastion too), strict."""
+    config = write_project(project, hosts=1)
+    bastion_key = HOST_KEY.replace("Blah", "Bast")
+    config["ssh"]["bastion"] = {"address": "10.9.9.9", "user": "jump", "host_key": bastion_key}
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    raw = mocks.named("n1-docker").inputs["sshOpts"]
+    opts = json.loads(raw) if isinstance(raw, str) else raw
+    assert "-J" not in opts
+    proxy = next(o for o in opts if o.startswith("ProxyCommand="))
+    hop = shlex.split(proxy[len("ProxyCommand=") :])
+    known = next(o for o in opts if o.startswith("UserKnownHostsFile="))
+    assert hop[0] == "ssh" and hop[-3:] == ["-W", "[%h]:%p", "jump@10.9.9.9"]
+    for word in (
+        str(project / "id_test"),
+        "IdentitiesOnly=yes",
+        "StrictHostKeyChecking=yes",
+        "BatchMode=yes",
+        known,
+    ):
+        assert word in hop, word
+    kh = Path(known.split("=", 1)[1]).read_text()
+    assert f"10.9.9.9 {bastion_key}" in kh.splitlines()
+    load = mocks.named("n1-image-load").inputs["create"]
+    assert " -J " not in load and "ProxyCommand=" in load
