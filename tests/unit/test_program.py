@@ -7,6 +7,7 @@ way `pulumi config set` would, runs __main__.py and inspects what it declared.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -338,3 +339,20 @@ def test_bastion_hop_of_openssh_clients_uses_the_pinned_key_and_known_hosts(
     assert f"10.9.9.9 {bastion_key}" in kh.splitlines()
     load = mocks.named("n1-image-load").inputs["create"]
     assert " -J " not in load and "ProxyCommand=" in load
+
+
+def test_docker_debs_are_sent_by_name_and_checksum(project: Path) -> None:
+    """Only the .deb files of docker.deb_dir, each with its SHA-256, go to the host's
+    install step; nothing goes to /var/tmp."""
+    config = write_project(project, hosts=1)
+    debs = project / "debs"
+    debs.mkdir()
+    (debs / "docker-ce_1_amd64.deb").write_bytes(b"docker")
+    (debs / "notes.txt").write_text("not a package")
+    config["docker"] = {"install": True, "deb_dir": "debs"}
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    create = mocks.named("n1-deb-copy").inputs["create"]
+    assert f"tar -C {debs} -cf - -- docker-ce_1_amd64.deb |" in create
+    assert hashlib.sha256(b"docker").hexdigest() in create
+    assert "notes.txt" not in create
+    assert "/var/tmp" not in create
