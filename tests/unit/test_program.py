@@ -356,3 +356,80 @@ def test_docker_debs_are_sent_by_name_and_checksum(project: Path) -> None:
     assert hashlib.sha256(b"docker").hexdigest() in create
     assert "notes.txt" not in create
     assert "/var/tmp" not in create
+
+
+def _non_secret(value: Any) -> Any:
+    """The value with every secret-wrapped part replaced by a placeholder."""
+    if is_secret(value):
+        return "<secret>"
+    if isinstance(value, dict):
+        return {k: _non_secret(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_non_secret(v) for v in value]
+    return value
+
+
+def _run_capturing_exports(
+    config: dict[str, Any], secrets: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[RecordingMocks, dict[str, tuple[bool, Any]]]:
+    """run_program, plus every stack output as (is_secret, value)."""
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
+    resolved: dict[str, tuple[bool, Any]] = {}
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="vllm-cluster", stack="t", preview=False)
+    values = {f"vllm-cluster:{k}": json.dumps(v) for k, v in config.items()}
+    values.update({f"vllm-cluster:{k}": v for k, v in secrets.items()})
+    pulumi.runtime.set_all_config(values, secret_keys=[f"vllm-cluster:{k}" for k in secrets])
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
+
+        async def settle() -> None:
+            for name, value in exported.items():
+                out = pulumi.Output.from_input(value)
+                resolved[name] = (await out.is_secret(), await out.future())
+
+        return pulumi.Output.from_input(settle())
+
+    program()
+    return mocks, resolved
+
+
+def test_no_secret_or_anything_derived_from_it_is_stored_in_plain_text(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pulumi state keeps every resource input and stack output; only secret-wrapped ones
+    are encrypted. Two runs with different API key, SSH key and hub token must give the
+    same non-secret inputs and outputs (so none is derived from a secret, hashed or not),
+    and no plain value may hold a secret or its SHA-256."""
+    config = write_project(project, hosts=2)
+    config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    config["model"].update(HUB_MODEL)
+    config["model"].pop("local_dir")
+    config["model"]["config_file"] = "model/config.json"
+    del config["ssh"]["private_key_file"]
+
+    def secrets(tag: str) -> dict[str, str]:
+        return {
+            "apiKey": f"sk-api-{tag}",
+            "sshPrivateKey": f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey-{tag}\n",
+            "hubToken": f"hf_token_{tag}",
+        }
+
+    runs = []
+    for tag in ("alpha", "omega"):
+        mocks, outputs = _run_capturing_exports(config, secrets(tag), monkeypatch)
+        plain_inputs = {r.name: _non_secret(r.inputs) for r in mocks.resources}
+        plain_outputs = {k: v for k, (secret, v) in outputs.items() if not secret}
+        text = json.dumps([plain_inputs, plain_outputs], sort_keys=True, default=str)
+        for value in secrets(tag).values():
+            for form in (value, value.strip(), hashlib.sha256(value.encode()).hexdigest()):
+                assert form not in text, f"{form!r} stored in plain text"
+        assert outputs["api_key"][0] is True  # exported, but as a secret
+        runs.append((plain_inputs, plain_outputs))
+    assert runs[0] == runs[1]
+    # The secrets did reach the resources that need them, as secrets.
+    stdin = mocks.named("weights-n1-fetch").inputs["stdin"]
+    assert is_secret(stdin) and reveal(stdin) == "hf_token_omega"
