@@ -21,6 +21,7 @@ from components.render.deployment import Deployment, render_deployment
 from components.render.operator_files import (
     HostKeysNotPinned,
     OperatorFiles,
+    curl_line,
     prepare_operator_files,
 )
 from components.render.ssh import SshTarget
@@ -200,17 +201,7 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
             for index, (name, hd) in enumerate((hd.host.name, hd) for hd in dep.hosts)
         },
     )
-    pulumi.export(
-        "curl",
-        endpoint.apply(
-            lambda url: (
-                f"curl -s {url}/chat/completions -H 'Content-Type: application/json' "
-                '-H "Authorization: Bearer $(pulumi stack output api_key --show-secrets)" '
-                f'-d \'{{"model": "{dep.launch.served_model_name}", '
-                '"messages": [{"role": "user", "content": "Hello"}]}\''
-            )
-        ),
-    )
+    pulumi.export("curl", endpoint.apply(lambda url: curl_line(url, dep.launch.served_model_name)))
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ decided here, so it is testable without Pulumi (tests/unit/test_deployment.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from components.render.engine import (
 from components.render.operator_files import OperatorFiles
 from components.render.shell import MANIFEST as WEIGHTS_MANIFEST
 from components.render.shell import (
+    DebFile,
+    DebsSpec,
     DockerSpec,
     DownloadSpec,
     FanoutSpec,
@@ -33,6 +36,7 @@ from components.render.shell import (
     PreflightSpec,
     StorageSpec,
     build_manifest,
+    docker_debs_install,
     docker_install,
     fanout_driver,
     image_check,
@@ -40,6 +44,7 @@ from components.render.shell import (
     image_present,
     image_pull,
     preflight,
+    remote_command,
     rsync_argv,
     storage,
     tarball_image_id,
@@ -53,8 +58,6 @@ from components.render.ssh import Bastion, SshTarget
 from components.settings import Host, Settings
 
 OWN_CONTAINERS = (SERVER_CONTAINER, HEADLESS_CONTAINER, HEAD_CONTAINER, WORKER_CONTAINER)
-# Where .deb files are copied before a Docker install (components.render.shell.DockerSpec default).
-REMOTE_DEB_DIR = "/var/tmp/vllm-cluster/debs"
 # With --ipc host the engine uses the host's /dev/shm; NCCL needs more than Docker's 64 MB.
 MIN_HOST_SHM_BYTES = 1024**3
 
@@ -65,10 +68,11 @@ class HostScripts:
 
     preflight: str
     storage: str | None = None
-    # Runs on the operator machine: copies the .deb files to the host (docker.deb_dir).
+    # Runs on the operator machine: when the host has no dockerd, streams the .deb files of
+    # docker.deb_dir to the host's install step (by name and SHA-256, root-only directory).
     deb_copy_local: str | None = None
-    # Runs on the host: installs Docker from those files, merges registry mirrors, adds the
-    # docker group user.
+    # Runs on the host: checks Docker is there, merges registry mirrors, adds the docker
+    # group user.
     docker_setup: str | None = None
     # Runs on the operator machine: streams the image tarball to the host and loads it,
     # skipped when the host already has the exact image ID.
@@ -171,42 +175,75 @@ def run_over_ssh(target: SshTarget, script: str, tag: str = "VLLM_CLUSTER_SCRIPT
     return f"{shlex.join([*target.ssh_command(), 'bash', '-s'])} <<'{tag}'\n{script}\n{tag}\n"
 
 
+def _say(message: str) -> str:
+    """An operator-side line printing `message` to stderr, as an inert word (paths and names
+    may hold quotes, spaces or ``$(...)``)."""
+    return f"printf '%s\\n' {shlex.quote(message)} >&2"
+
+
 def image_stream_load(target: SshTarget, host: str, image: str, image_id: str, tar: str) -> str:
     """Operator-side: stream the image tarball into `docker load` on the host over SSH
     (no temporary copy on the host), skipped when the host has exactly `image_id`."""
     check = run_over_ssh(target, image_check(host, image, image_id))
     ssh = shlex.join([*target.ssh_command(), "docker", "load"])
+    qtar = shlex.quote(tar)
     return f"""set -euo pipefail
 have=$({check.rstrip()}
 )
 if [ "$have" = present ]; then
-  echo "[{host}] image: {image} ({image_id[:19]}) already loaded, nothing copied" >&2
+  {_say(f"[{host}] image: {image} ({image_id[:19]}) already loaded, nothing copied")}
   exit 0
 fi
-size=$(du -h {shlex.quote(tar)} | cut -f1)
-echo "[{host}] image: streaming {tar} ($size) into docker load" >&2
+size=$(du -h -- {qtar} | cut -f1)
+printf '%s (%s) into docker load\\n' {shlex.quote(f"[{host}] image: streaming {tar}")} "$size" >&2
 start=$SECONDS
-{ssh} < {shlex.quote(tar)} >&2
+{ssh} < {qtar} >&2
 have=$({check.rstrip()}
 )
 if [ "$have" != present ]; then
-  echo "[{host}] image: {image} is not {image_id} after loading" >&2
+  {_say(f"[{host}] image: {image} is not {image_id} after loading")}
   exit 1
 fi
-echo "[{host}] image: loaded in $((SECONDS - start))s" >&2
+printf '%s %ss\\n' {shlex.quote(f"[{host}] image: loaded in")} "$((SECONDS - start))" >&2
 """
 
 
-def _deb_copy_local(settings: Settings, target: SshTarget, base: Path) -> str | None:
-    """Operator-side: copy docker.deb_dir to the host, when Docker is installed from .debs."""
+def _deb_files(deb_dir: Path) -> tuple[DebFile, ...]:
+    """The .deb files in docker.deb_dir (regular files, sorted) with their SHA-256: the only
+    files the host installs."""
+    found = []
+    for path in sorted(deb_dir.glob("*.deb")):
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            found.append(DebFile(path.name, digest.hexdigest()))
+    return tuple(found)
+
+
+def _deb_copy_local(settings: Settings, host: Host, target: SshTarget, base: Path) -> str | None:
+    """Operator-side: when Docker is installed from .debs and the host has no dockerd,
+    stream exactly the .deb files of docker.deb_dir (a tar) into the host's deb step, which
+    checks each file's SHA-256 and installs only those (components.render.shell.
+    docker_debs_install)."""
     d = settings.docker
     if not (d.install and d.deb_dir):
         return None
-    deb_dir = str((base / d.deb_dir).resolve())
+    deb_dir = (base / d.deb_dir).resolve()
+    debs = _deb_files(deb_dir)
+    if not debs:
+        raise ValueError(f"docker.deb_dir: no .deb files in {deb_dir}")
+    script = docker_debs_install(DebsSpec(host=host.name, debs=debs))
+    ssh = shlex.join(target.ssh_command())
+    tar = shlex.join(["tar", "-C", str(deb_dir), "-cf", "-", "--", *(x.name for x in debs)])
     lines = [
         "set -euo pipefail",
-        run_over_ssh(target, f"mkdir -p {REMOTE_DEB_DIR}").rstrip(),
-        shlex.join(rsync_argv(deb_dir, target.endpoint(), REMOTE_DEB_DIR)) + " >&2",
+        f"if {ssh} 'command -v dockerd >/dev/null 2>&1' </dev/null; then",
+        f"  {_say(f'[{host.name}] docker: present, the .deb files are not sent')}",
+        "  exit 0",
+        "fi",
+        f"{tar} | {ssh} {shlex.quote(remote_command(script))} >&2",
     ]
     return "\n".join(lines) + "\n"
 
@@ -220,7 +257,6 @@ def _docker_setup(settings: Settings, host: Host) -> str | None:
         DockerSpec(
             host=host.name,
             install=d.install,
-            deb_dir=REMOTE_DEB_DIR,
             registry_mirrors=tuple(d.registry_mirrors),
             group_user=d.docker_group_user,
         )
@@ -263,6 +299,8 @@ def _weights_steps(
             marker=f"{head.host.name}-to-{host.name}",
             source_user=head.host.user,
             source_port=head.host.port,
+            # The grant accepts the temporary key only from the target's address.
+            from_address=host.address,
             verify=m.verify,
         )
         driver = fanout_driver(spec, head.ssh.endpoint(), target.endpoint())
@@ -276,7 +314,7 @@ def _weights_steps(
             [
                 "set -euo pipefail",
                 claim_begin,
-                f"echo '[{host.name}] weights: rsync {local_dir} -> {m.path}' >&2",
+                _say(f"[{host.name}] weights: rsync {local_dir} -> {m.path}"),
                 shlex.join(rsync_argv(local_dir, target.endpoint(), m.path)) + " >&2",
                 _local_manifest_push(settings, target, base).rstrip(),
                 claim_end,
@@ -373,7 +411,7 @@ def render_deployment(
             )
             if host.storage
             else None,
-            deb_copy_local=_deb_copy_local(settings, target, base_dir),
+            deb_copy_local=_deb_copy_local(settings, host, target, base_dir),
             docker_setup=_docker_setup(settings, host),
             image_load_local=image_stream_load(target, host.name, image.name, image_id, tarball)
             if tarball and image_id

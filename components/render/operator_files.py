@@ -12,7 +12,10 @@ connections (`OperatorFiles.host_keys`).
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,20 +52,55 @@ def host_key_from_known_hosts(text: str, address: str, port: int) -> str | None:
     return None
 
 
-def known_hosts_text(hosts: tuple[Host, ...], keys: dict[str, str]) -> str:
-    lines = []
-    for h in hosts:
-        name = h.address if h.port == 22 else f"[{h.address}]:{h.port}"
-        lines.append(f"{name} {keys[h.name]}")
+def known_hosts_text(
+    hosts: tuple[Host, ...],
+    keys: dict[str, str],
+    bastion: tuple[str, int, str] | None = None,
+) -> str:
+    """known_hosts lines pinning every host and, given as (address, port, key), the bastion:
+    the bastion hop (a ProxyCommand ssh) checks its key against this same file."""
+    entries = [(h.address, h.port, keys[h.name]) for h in hosts]
+    if bastion is not None:
+        entries.append(bastion)
+    lines = [
+        f"{address if port == 22 else f'[{address}]:{port}'} {key}"
+        for address, port, key in entries
+    ]
     return "\n".join(lines) + "\n"
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write `text` readable by the owner only (created 0600, never world-readable)."""
+    """Write `text` readable by the owner only: into a new file created 0600 (O_EXCL) next
+    to `path`, synced, then renamed over it. The result is 0600 even when `path` existed
+    with a looser mode, and a reader never sees a half-written key."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text if text.endswith("\n") else text + "\n")
+    # mkstemp: O_CREAT | O_EXCL, mode 0600, a name nobody else can have taken.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        with os.fdopen(fd, "w") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def curl_line(url: str, served_model_name: str) -> str:
+    """The exported smoke-test command: every value a single inert shell word (the model
+    name inside a JSON body); only the key lookup is a command substitution, so the key is
+    read when the line runs, never stored in the line."""
+    body = json.dumps(
+        {"model": served_model_name, "messages": [{"role": "user", "content": "Hello"}]}
+    )
+    return shlex.join(
+        ["curl", "-s", f"{url}/chat/completions", "-H", "Content-Type: application/json"]
+    ) + (
+        ' -H "Authorization: Bearer $(pulumi stack output api_key --show-secrets)"'
+        f" -d {shlex.quote(body)}"
+    )
 
 
 def prepare_operator_files(
@@ -109,10 +147,14 @@ def prepare_operator_files(
             )
     if unpinned:
         raise HostKeysNotPinned("host keys must be pinned:\n  - " + "\n  - ".join(unpinned))
-    if known_path is not None and all(h.host_key is None for h in settings.hosts):
+    explicit = [h.host_key for h in settings.hosts] + [bastion.host_key if bastion else None]
+    if known_path is not None and all(k is None for k in explicit):
         known_file = known_path
     else:
         known_file = stack_dir / "known_hosts"
         stack_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        known_file.write_text(known_hosts_text(settings.hosts, keys))
+        pinned_bastion = None
+        if bastion is not None and bastion_key is not None:
+            pinned_bastion = (bastion.address, bastion.port, bastion_key)
+        known_file.write_text(known_hosts_text(settings.hosts, keys, pinned_bastion))
     return OperatorFiles(str(key_path), str(known_file), keys, bastion_key)

@@ -10,11 +10,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from components.render.shell import SshEndpoint
 
 INSTALL_HINT = "install the tools with: bash tests/scripts/install-deps.sh"
 
@@ -134,3 +139,92 @@ def write_exe(path: Path, text: str) -> Path:
     path.write_text(text)
     path.chmod(0o755)
     return path
+
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass
+class Sshd:
+    port: int
+    dir: Path
+    authorized_keys: Path
+    host_key_pub: Path
+    endpoint: SshEndpoint
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    needs_root()
+    if not Path(SSHD).exists():
+        pytest.skip(
+            "openssh-server not installed (tests/scripts/install-deps.sh);"
+            " the lab e2e covers fan-out"
+        )
+    needs_tools("ssh", "ssh-keygen", "rsync")
+    d = tmp_path / "sshd"
+    d.mkdir(mode=0o700)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True
+    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "op")], check=True)
+    ak = d / "authorized_keys"
+    ak.write_text((d / "op.pub").read_text())
+    ak.chmod(0o600)
+    port = _free_port()
+    (d / "config").write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {d / 'host'}",
+                f"PidFile {d / 'sshd.pid'}",
+                f"AuthorizedKeysFile {ak}",
+                "PermitRootLogin prohibit-password",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "",
+            ]
+        )
+    )
+    kh = d / "known_hosts"
+    host_pub = (d / "host.pub").read_text().split()
+    kh.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(d / "config")],
+        stdout=subprocess.DEVNULL,
+        stderr=(d / "sshd.log").open("w"),
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text()}")
+                time.sleep(0.1)
+        yield Sshd(
+            port=port,
+            dir=d,
+            authorized_keys=ak,
+            host_key_pub=d / "host.pub",
+            endpoint=SshEndpoint(
+                "127.0.0.1", port=port, key_file=str(d / "op"), known_hosts_file=str(kh)
+            ),
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -6,11 +6,8 @@ machine, reached as root@127.0.0.1:<port> by the operator and by the target's rs
 from __future__ import annotations
 
 import json
-import socket
+import os
 import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,6 @@ import pytest
 from components.render.shell import (
     MANIFEST,
     FanoutSpec,
-    SshEndpoint,
     fanout_driver,
     fanout_grant,
     fanout_keygen,
@@ -28,97 +24,9 @@ from components.render.shell import (
     write_manifest,
 )
 
-from .conftest import needs_root, needs_tools, run_script
+from .conftest import Sshd, run_script, write_exe
 
 pytestmark = pytest.mark.scripts
-
-SSHD = "/usr/sbin/sshd"
-
-
-@dataclass
-class Sshd:
-    port: int
-    dir: Path
-    authorized_keys: Path
-    host_key_pub: Path
-    endpoint: SshEndpoint
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    needs_root()
-    if not Path(SSHD).exists():
-        pytest.skip(
-            "openssh-server not installed (tests/scripts/install-deps.sh);"
-            " the lab e2e covers fan-out"
-        )
-    needs_tools("ssh", "ssh-keygen", "rsync")
-    d = tmp_path / "sshd"
-    d.mkdir(mode=0o700)
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")], check=True
-    )
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "op")], check=True)
-    ak = d / "authorized_keys"
-    ak.write_text((d / "op.pub").read_text())
-    ak.chmod(0o600)
-    port = _free_port()
-    (d / "config").write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {d / 'host'}",
-                f"PidFile {d / 'sshd.pid'}",
-                f"AuthorizedKeysFile {ak}",
-                "PermitRootLogin prohibit-password",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                "",
-            ]
-        )
-    )
-    kh = d / "known_hosts"
-    host_pub = (d / "host.pub").read_text().split()
-    kh.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(d / "config")],
-        stdout=subprocess.DEVNULL,
-        stderr=(d / "sshd.log").open("w"),
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text()}")
-                time.sleep(0.1)
-        yield Sshd(
-            port=port,
-            dir=d,
-            authorized_keys=ak,
-            host_key_pub=d / "host.pub",
-            endpoint=SshEndpoint(
-                "127.0.0.1", port=port, key_file=str(d / "op"), known_hosts_file=str(kh)
-            ),
-        )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def make_source(root: Path) -> Path:
@@ -209,18 +117,20 @@ def test_host_scripts_step_by_step(sshd: Sshd, tmp_path: Path) -> None:
 
     key = run_script(fanout_keygen(spec))
     assert key.returncode == 0, key.stderr
-    pub = key.stdout.strip()
+    pub, server_cmd = key.stdout.strip().splitlines()
     assert pub.startswith("ssh-ed25519 ") and pub.endswith("vllm-cluster-fanout:test-dst")
-    assert run_script(fanout_keygen(spec)).stdout.strip() == pub  # reused: idempotent
+    assert server_cmd.startswith("rsync --server --sender -")
+    assert server_cmd.endswith(f" . {src}/")
+    assert run_script(fanout_keygen(spec)).stdout == key.stdout  # reused: idempotent
 
-    grant = run_script(fanout_grant(spec), stdin=pub + "\n")
+    grant = run_script(fanout_grant(spec), stdin=key.stdout)
     assert grant.returncode == 0, grant.stderr
     granted = sshd.authorized_keys.read_text()
     line = granted.splitlines()[-1]
-    assert line.startswith('restrict,from="127.0.0.1",expiry-time="')
+    assert line.startswith(f'command="{server_cmd}",restrict,from="127.0.0.1",expiry-time="'), line
     assert line.endswith(" vllm-cluster-fanout:test-dst")
     # Granting twice keeps one line.
-    assert run_script(fanout_grant(spec), stdin=pub + "\n").returncode == 0
+    assert run_script(fanout_grant(spec), stdin=key.stdout).returncode == 0
     assert sshd.authorized_keys.read_text().count("vllm-cluster-fanout:test-dst") == 1
     assert sshd.authorized_keys.read_text().startswith(before)
 
@@ -228,7 +138,7 @@ def test_host_scripts_step_by_step(sshd: Sshd, tmp_path: Path) -> None:
     assert pull.returncode == 0, pull.stderr
     assert json.loads(pull.stdout)["files"] == 3
 
-    bad = run_script(fanout_grant(spec), stdin="ssh-ed25519 AAAA; rm -rf /\n")
+    bad = run_script(fanout_grant(spec), stdin=f"ssh-ed25519 AAAA; rm -rf /\n{server_cmd}\n")
     assert bad.returncode == 1
     assert "expected an ssh-ed25519 public key" in bad.stderr
 
@@ -236,3 +146,163 @@ def test_host_scripts_step_by_step(sshd: Sshd, tmp_path: Path) -> None:
         revoke = run_script(fanout_revoke(spec))
         assert revoke.returncode == 0, revoke.stderr
     assert sshd.authorized_keys.read_text() == before
+
+
+def _granted(sshd: Sshd, tmp_path: Path) -> tuple[FanoutSpec, Path, Path, str]:
+    """Keygen + grant (no pull yet): the spec, the source dir, the temporary key, and the
+    forced server command."""
+    src = make_source(tmp_path)
+    spec = spec_for(sshd, src, tmp_path / "dst" / "model")
+    key = run_script(fanout_keygen(spec))
+    assert key.returncode == 0, key.stderr
+    grant = run_script(fanout_grant(spec), stdin=key.stdout)
+    assert grant.returncode == 0, grant.stderr
+    lines = key.stdout.splitlines()
+    return spec, src, sshd.dir / "state" / "test-dst" / "id_ed25519", lines[-1]
+
+
+def _ssh_with(sshd: Sshd, key: Path, *extra: str) -> list[str]:
+    assert sshd.endpoint.known_hosts_file
+    return [
+        "ssh",
+        "-i",
+        str(key),
+        "-p",
+        str(sshd.port),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"UserKnownHostsFile={sshd.endpoint.known_hosts_file}",
+        *extra,
+    ]
+
+
+def test_grant_key_runs_only_the_read_only_copy(sshd: Sshd, tmp_path: Path) -> None:
+    """The temporary key is no shell: another command, another path, an upload, a port
+    forward all get the forced rsync sender of the weights path, or nothing."""
+    _spec, src, key, _cmd = _granted(sshd, tmp_path)
+    ssh = _ssh_with(sshd, key)
+    # Another command (`id`): sshd runs the forced rsync instead, which prints no uid.
+    other = subprocess.run(
+        [*ssh, "root@127.0.0.1", "id; echo SHELL-RAN"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "uid=" not in other.stdout and "SHELL-RAN" not in other.stdout, other.stdout
+    # Another path (/etc/): what arrives is the weights, never /etc.
+    outside = tmp_path / "outside"
+    rsync_e = " ".join(ssh)
+    etc = ["rsync", "-a", "--partial", "--info=progress2", "-e", rsync_e, "root@127.0.0.1:/etc/"]
+    subprocess.run(
+        [*etc, f"{outside}/"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert not (outside / "passwd").exists()
+    assert not (outside / "hostname").exists()
+    # A write to the source (the client as sender): refused, nothing created there.
+    planted = tmp_path / "planted"
+    planted.write_text("x")
+    up = subprocess.run(
+        ["rsync", "-a", "-e", rsync_e, str(planted), f"root@127.0.0.1:{src}/planted"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert up.returncode != 0
+    assert not (src / "planted").exists()
+    # No port forwarding (restrict).
+    fwd = subprocess.run(
+        [*ssh, "-o", "ExitOnForwardFailure=yes", "-N", "-L", "0:127.0.0.1:22", "root@127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert fwd.returncode != 0
+
+
+def test_grant_key_works_only_from_the_target_address(sshd: Sshd, tmp_path: Path) -> None:
+    _spec, src, key, _cmd = _granted(sshd, tmp_path)  # from="127.0.0.1"
+    for bind, ok in (("127.0.0.2", False), ("127.0.0.1", True)):
+        dest = tmp_path / f"from-{bind}"
+        rsync_e = " ".join(_ssh_with(sshd, key, "-o", f"BindAddress={bind}"))
+        proc = subprocess.run(
+            ["rsync", "-a", "-e", rsync_e, f"root@127.0.0.1:{src}/", f"{dest}/"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (proc.returncode == 0) is ok, (bind, proc.stderr)
+        assert (dest / "model.safetensors").exists() is ok
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "id",
+        "rsync --server --sender -logDtpre.iLsfxCIvu . /etc/",
+        "rsync --server -logDtpre.iLsfxCIvu . {src}/",  # receiver: writes to the source
+        "rsync --server --sender -logDtprfmerge.iLsfxCIvu . {src}/",  # a filter argument
+        "rsync --server --sender -logDtpre.iLsfxCIvu --log-file=/tmp/x . {src}/",
+        "rsync  --server --sender -logDtpre.iLsfxCIvu . {src}/",
+    ],
+)
+def test_grant_refuses_any_other_forced_command(sshd: Sshd, tmp_path: Path, command: str) -> None:
+    src = make_source(tmp_path)
+    spec = spec_for(sshd, src, tmp_path / "dst" / "model")
+    pub = run_script(fanout_keygen(spec)).stdout.splitlines()[0]
+    before = sshd.authorized_keys.read_text()
+    proc = run_script(fanout_grant(spec), stdin=f"{pub}\n{command.format(src=src)}\n")
+    assert proc.returncode == 1
+    assert "refusing to grant: expected the rsync sender command" in proc.stderr
+    assert sshd.authorized_keys.read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("Sun_SSH_1.0, something else", "cannot tell this host's OpenSSH version"),
+        ("OpenSSH_7.4p1, OpenSSL 1.0.2k-fips", "OpenSSH 7.4 here cannot expire"),
+    ],
+)
+def test_grant_refuses_without_expiry(
+    sshd: Sshd, tmp_path: Path, fake_bin: Path, version: str, message: str
+) -> None:
+    src = make_source(tmp_path)
+    spec = spec_for(sshd, src, tmp_path / "dst" / "model")
+    keygen = run_script(fanout_keygen(spec))
+    for tool in ("ssh", "sshd"):
+        write_exe(fake_bin / tool, f"#!/bin/sh\necho '{version}' >&2\n")
+    before = sshd.authorized_keys.read_text()
+    proc = run_script(fanout_grant(spec), stdin=keygen.stdout, path_prefix=fake_bin)
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert "Fix:" in proc.stderr
+    assert sshd.authorized_keys.read_text() == before
+
+
+def test_driver_fails_when_revoke_fails(sshd: Sshd, tmp_path: Path) -> None:
+    """The copy succeeds but the source cannot be reached for the revoke: the step fails,
+    naming the marker to remove."""
+    src = make_source(tmp_path)
+    dst = tmp_path / "dst" / "model"
+    wrapper = write_exe(
+        tmp_path / "ssh-no-revoke",
+        '#!/bin/bash\ncase "$*" in *"Fragment (fanout_revoke)"*) exit 255 ;; esac\nexec ssh "$@"\n',
+    )
+    script = fanout_driver(spec_for(sshd, src, dst), sshd.endpoint, sshd.endpoint, ssh=str(wrapper))
+    proc = run_script(script, timeout=120)
+    assert (dst / "model.safetensors").exists()  # the copy itself went through
+    assert proc.returncode == 1, proc.stderr
+    assert "could not revoke the temporary key on src" in proc.stderr
+    assert "vllm-cluster-fanout:test-dst" in proc.stderr
+    assert os.path.exists(sshd.authorized_keys)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from components.render.operator_files import host_key_from_known_hosts
+import os
+import stat
+from pathlib import Path
+
+from components.render.operator_files import host_key_from_known_hosts, write_private
 
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAA"
 KEY_B = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAB"
@@ -24,3 +28,35 @@ def test_finds_plain_comma_separated_and_bracketed_port_entries() -> None:
     assert host_key_from_known_hosts(text, "10.0.0.2", 22) is None
     # Markers (@cert-authority / @revoked) and comments never pin a host.
     assert host_key_from_known_hosts(text, "10.0.0.3", 22) is None
+
+
+def test_write_private_creates_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        path = tmp_path / "d" / "id_ssh"
+        write_private(path, "KEY")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "KEY\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_write_private_tightens_an_existing_loose_file(tmp_path: Path) -> None:
+    path = tmp_path / "id_ssh"
+    path.write_text("OLD KEY, longer than the new one\n")
+    path.chmod(0o644)
+    write_private(path, "NEW")
+    assert path.read_text() == "NEW\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id_ssh"]  # no temporary left
+
+
+def test_write_private_never_follows_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    path = tmp_path / "id_ssh"
+    path.symlink_to(victim)
+    write_private(path, "KEY")
+    assert victim.read_text() == "untouched\n"
+    assert not path.is_symlink() and path.read_text() == "KEY\n"

@@ -7,6 +7,7 @@ way `pulumi config set` would, runs __main__.py and inspects what it declared.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -296,3 +297,139 @@ def test_weights_distribution(project: Path, model: dict[str, Any], n2_fans_out:
     n2 = mocks.named("weights-n2-fetch").inputs["create"]
     assert "fanout" not in str(n1.get("create"))
     assert ("fanout" in n2) is n2_fans_out
+
+
+def test_fanout_grant_is_bound_to_the_target_address(project: Path) -> None:
+    """The head accepts n2's temporary key only from n2's address (from=)."""
+    config = write_project(project, hosts=2)
+    config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    config["model"].update(HUB_MODEL)
+    config["model"].pop("local_dir")
+    config["model"]["config_file"] = "model/config.json"
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    driver = mocks.named("weights-n2-fetch").inputs["create"]
+    assert "FROM=10.9.0.2" in driver
+
+
+def test_bastion_hop_of_openssh_clients_uses_the_pinned_key_and_known_hosts(
+    project: Path,
+) -> None:
+    """No `-J` (its hop ssh would use default keys and ~/.ssh/known_hosts): a ProxyCommand
+    with the stack's key, the pinned known_hosts (which pins the bastion too), strict."""
+    config = write_project(project, hosts=1)
+    bastion_key = HOST_KEY.replace("Blah", "Bast")
+    config["ssh"]["bastion"] = {"address": "10.9.9.9", "user": "jump", "host_key": bastion_key}
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    raw = mocks.named("n1-docker").inputs["sshOpts"]
+    opts = json.loads(raw) if isinstance(raw, str) else raw
+    assert "-J" not in opts
+    proxy = next(o for o in opts if o.startswith("ProxyCommand="))
+    hop = shlex.split(proxy[len("ProxyCommand=") :])
+    known = next(o for o in opts if o.startswith("UserKnownHostsFile="))
+    assert hop[0] == "ssh" and hop[-3:] == ["-W", "[%h]:%p", "jump@10.9.9.9"]
+    for word in (
+        str(project / "id_test"),
+        "IdentitiesOnly=yes",
+        "StrictHostKeyChecking=yes",
+        "BatchMode=yes",
+        known,
+    ):
+        assert word in hop, word
+    kh = Path(known.split("=", 1)[1]).read_text()
+    assert f"10.9.9.9 {bastion_key}" in kh.splitlines()
+    load = mocks.named("n1-image-load").inputs["create"]
+    assert " -J " not in load and "ProxyCommand=" in load
+
+
+def test_docker_debs_are_sent_by_name_and_checksum(project: Path) -> None:
+    """Only the .deb files of docker.deb_dir, each with its SHA-256, go to the host's
+    install step; nothing goes to /var/tmp."""
+    config = write_project(project, hosts=1)
+    debs = project / "debs"
+    debs.mkdir()
+    (debs / "docker-ce_1_amd64.deb").write_bytes(b"docker")
+    (debs / "notes.txt").write_text("not a package")
+    config["docker"] = {"install": True, "deb_dir": "debs"}
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    create = mocks.named("n1-deb-copy").inputs["create"]
+    assert f"tar -C {debs} -cf - -- docker-ce_1_amd64.deb |" in create
+    assert hashlib.sha256(b"docker").hexdigest() in create
+    assert "notes.txt" not in create
+    assert "/var/tmp" not in create
+
+
+def _non_secret(value: Any) -> Any:
+    """The value with every secret-wrapped part replaced by a placeholder."""
+    if is_secret(value):
+        return "<secret>"
+    if isinstance(value, dict):
+        return {k: _non_secret(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_non_secret(v) for v in value]
+    return value
+
+
+def _run_capturing_exports(
+    config: dict[str, Any], secrets: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[RecordingMocks, dict[str, tuple[bool, Any]]]:
+    """run_program, plus every stack output as (is_secret, value)."""
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
+    resolved: dict[str, tuple[bool, Any]] = {}
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="vllm-cluster", stack="t", preview=False)
+    values = {f"vllm-cluster:{k}": json.dumps(v) for k, v in config.items()}
+    values.update({f"vllm-cluster:{k}": v for k, v in secrets.items()})
+    pulumi.runtime.set_all_config(values, secret_keys=[f"vllm-cluster:{k}" for k in secrets])
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
+
+        async def settle() -> None:
+            for name, value in exported.items():
+                out = pulumi.Output.from_input(value)
+                resolved[name] = (await out.is_secret(), await out.future())
+
+        return pulumi.Output.from_input(settle())
+
+    program()
+    return mocks, resolved
+
+
+def test_no_secret_or_anything_derived_from_it_is_stored_in_plain_text(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pulumi state keeps every resource input and stack output; only secret-wrapped ones
+    are encrypted. Two runs with different API key, SSH key and hub token must give the
+    same non-secret inputs and outputs (so none is derived from a secret, hashed or not),
+    and no plain value may hold a secret or its SHA-256."""
+    config = write_project(project, hosts=2)
+    config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    config["model"].update(HUB_MODEL)
+    config["model"].pop("local_dir")
+    config["model"]["config_file"] = "model/config.json"
+    del config["ssh"]["private_key_file"]
+
+    def secrets(tag: str) -> dict[str, str]:
+        return {
+            "apiKey": f"sk-api-{tag}",
+            "sshPrivateKey": f"-----BEGIN OPENSSH PRIVATE KEY-----\nkey-{tag}\n",
+            "hubToken": f"hf_token_{tag}",
+        }
+
+    runs = []
+    for tag in ("alpha", "omega"):
+        mocks, outputs = _run_capturing_exports(config, secrets(tag), monkeypatch)
+        plain_inputs = {r.name: _non_secret(r.inputs) for r in mocks.resources}
+        plain_outputs = {k: v for k, (secret, v) in outputs.items() if not secret}
+        text = json.dumps([plain_inputs, plain_outputs], sort_keys=True, default=str)
+        for value in secrets(tag).values():
+            for form in (value, value.strip(), hashlib.sha256(value.encode()).hexdigest()):
+                assert form not in text, f"{form!r} stored in plain text"
+        assert outputs["api_key"][0] is True  # exported, but as a secret
+        runs.append((plain_inputs, plain_outputs))
+    assert runs[0] == runs[1]
+    # The secrets did reach the resources that need them, as secrets.
+    stdin = mocks.named("weights-n1-fetch").inputs["stdin"]
+    assert is_secret(stdin) and reveal(stdin) == "hf_token_omega"

@@ -145,6 +145,9 @@ def _all_scripts() -> dict[str, str]:
         "docker": shell.docker_install(
             shell.DockerSpec("h", install=True, registry_mirrors=("https://m.example",))
         ),
+        "docker_debs": shell.docker_debs_install(
+            shell.DebsSpec("h", (shell.DebFile("docker-ce_1_amd64.deb", "0" * 64),))
+        ),
         "image_load": shell.image_load(shell.ImageLoadSpec("h", "v/v:1", "/srv/x.tar")),
         "image_pull": shell.image_pull("h", "v/v:1"),
         "image_check": shell.image_check("h", "v/v:1", "sha256:" + "a" * 64),

@@ -126,9 +126,16 @@ def test_ssh_options_pin_and_batch() -> None:
         "-o StrictHostKeyChecking=yes",
         "-o UserKnownHostsFile=/k/kh",
         "-o ConnectTimeout=10",
-        "-J j@1.2.3.4:22",
     ):
         assert want in joined
+    # The bastion hop: a ProxyCommand with the same key and pinned known_hosts, not -J.
+    assert "-J" not in opts
+    assert opts[-2] == "-o"
+    assert opts[-1] == (
+        "ProxyCommand=ssh -i /k/id -o IdentitiesOnly=yes -p 22 -o BatchMode=yes"
+        " -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/k/kh -o ConnectTimeout=10"
+        " -W '[%h]:%p' j@1.2.3.4"
+    )
     with pytest.raises(ValueError, match="known_hosts"):
         ssh_options(SshEndpoint("h"))
     with pytest.raises(ValueError, match="plain word"):

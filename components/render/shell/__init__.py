@@ -9,7 +9,14 @@ stdout.
 """
 
 from ._common import remote_command
-from .docker_install import DockerSpec, docker_install
+from .docker_install import (
+    DEB_PARENT,
+    DebFile,
+    DebsSpec,
+    DockerSpec,
+    docker_debs_install,
+    docker_install,
+)
 from .fanout import (
     FanoutSpec,
     fanout_cleanup,
@@ -51,10 +58,13 @@ from .weights import (
 )
 
 __all__ = [
+    "DEB_PARENT",
     "DOWNLOAD_MARKER",
     "FS_LABEL",
     "MANIFEST",
     "OWNER_LABEL",
+    "DebFile",
+    "DebsSpec",
     "DockerSpec",
     "DownloadSpec",
     "FanoutSpec",
@@ -64,6 +74,7 @@ __all__ = [
     "SshEndpoint",
     "StorageSpec",
     "build_manifest",
+    "docker_debs_install",
     "docker_install",
     "fanout_cleanup",
     "fanout_driver",

@@ -7,30 +7,39 @@ only for this copy:
 step  where   what
 ====  ======  =====================================================================
 1     target  :func:`fanout_keygen`: make (or reuse) an ed25519 key in a 0700 state dir;
-              print its public key
-2     source  :func:`fanout_grant`: read that public key on stdin, append it to the
-              source user's authorized_keys as ``restrict,from="<target>",
-              expiry-time="<now+ttl>" ... vllm-cluster-fanout:<marker>`` (the old line
-              with the same marker is replaced, so it is idempotent); print the source's
-              host keys
+              print its public key, then the exact command this host's rsync will ask
+              the source to run for the pull (``rsync --server --sender -<flags> .
+              <path>/``: its flags depend on the rsync version)
+2     source  :func:`fanout_grant`: read both lines on stdin, check that the command is
+              rsync's read-only sender for exactly ``<path>/``, and append the key to
+              the source user's authorized_keys as ``command="<that command>",restrict,
+              from="<target>",expiry-time="<now+ttl>" ... vllm-cluster-fanout:<marker>``
+              (the old line with the same marker is replaced, so it is idempotent); no
+              OpenSSH that can enforce ``expiry-time`` (>= 8.2): no grant. Print the
+              source's host keys
 3     target  :func:`fanout_pull`: read those host keys on stdin (pinned known_hosts),
               ``rsync -a --partial`` from the source, then verify with the manifest
 4     source  :func:`fanout_revoke`: remove every line with the marker
 5     target  :func:`fanout_cleanup`: remove the state dir (the private key)
 ====  ======  =====================================================================
 
+The grant is therefore a read-only copy of the weights path, from the target's address,
+for at most ``ttl_minutes``: the key cannot open a shell, run another command, forward
+ports or read another path (sshd runs the forced command whatever the client asks).
+
 :func:`fanout_driver` renders one bash script for the *operator machine* (run it with
 ``pulumi_command.local.Command``) that does all five over the operator's own SSH access,
-with steps 4 and 5 in an EXIT trap, so the grant is removed on success and on failure, and
-skips everything when the target already verifies with the same manifest as the source.
-The ``expiry-time`` bound (OpenSSH >= 8.2) covers the case where even the trap cannot run
-(the operator machine dies mid-copy). The host-side scripts can also be wired as separate
-``remote.Command`` resources (stdout of one as ``stdin`` of the next); then only the
-expiry bounds the grant on failure.
+with steps 4 and 5 in an EXIT trap, so the grant is removed on success and on failure (a
+revoke that fails fails the step), and skips everything when the target already verifies
+with the same manifest as the source. The ``expiry-time`` bound covers the case where even
+the trap cannot run (the operator machine dies mid-copy). The host-side scripts can also
+be wired as separate ``remote.Command`` resources (stdout of one as ``stdin`` of the
+next); then only the expiry bounds the grant on failure.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ._common import (
@@ -54,6 +63,11 @@ from .weights import (
 )
 
 MARK_PREFIX = "vllm-cluster-fanout:"
+# rsync options of the pull, shared by the keygen probe: the grant forces exactly the server
+# command they produce (no protected arguments: the path must be on that command line).
+RSYNC_OPTS = ("-a", "--partial", "--info=progress2")
+# The source path goes verbatim into the forced command (authorized_keys, then sshd's shell).
+_FORCED_PATH = re.compile(r"^/[A-Za-z0-9._/+@=,-]+$")
 DEFAULT_HOST_KEYS = (
     "/etc/ssh/ssh_host_ed25519_key.pub",
     "/etc/ssh/ssh_host_ecdsa_key.pub",
@@ -76,7 +90,8 @@ class FanoutSpec:
     source_port: int = 22
     target_path: str | None = None
     from_address: str | None = None
-    """Target address as the source sees it, for ``from=`` (None: no from= restriction)."""
+    """Target address as the source sees it, for ``from=``; required (a name is resolved to
+    its IPv4 addresses on the source)."""
     authorized_keys: str | None = None
     """Default: ``~source_user/.ssh/authorized_keys`` on the source."""
     host_key_files: tuple[str, ...] = DEFAULT_HOST_KEYS
@@ -105,8 +120,14 @@ def _validated(spec: FanoutSpec) -> FanoutSpec:
     ssh_options(
         SshEndpoint(spec.source_address, spec.source_user, spec.source_port, known_hosts_file="/x")
     )
-    if spec.from_address is not None:
-        ssh_options(SshEndpoint(spec.from_address, known_hosts_file="/x"))
+    if spec.from_address is None:
+        raise ValueError("fan-out: from_address (the target's address) is required for from=")
+    ssh_options(SshEndpoint(spec.from_address, known_hosts_file="/x"))
+    if not _FORCED_PATH.match(spec.path):
+        raise ValueError(
+            f"model.path {spec.path!r}: fan-out needs a path of letters, digits and . _ / + @ = , -"
+            " (it is the one command the temporary key may run)"
+        )
     return spec
 
 
@@ -121,6 +142,8 @@ def fanout_keygen(spec: FanoutSpec) -> str:
         [
             f"KDIR={q(_key_dir(spec))}",
             f"COMMENT={q(MARK_PREFIX + spec.marker)}",
+            f"SRC_PATH={q(spec.path)}",
+            bash_array("RSYNC_OPTS", RSYNC_OPTS),
             fragment("fanout_keygen"),
         ]
     )
@@ -137,12 +160,15 @@ def _ak_vars(spec: FanoutSpec) -> list[str]:
 
 
 def fanout_grant(spec: FanoutSpec) -> str:
-    """Source: read the target's public key on stdin, authorize it (restricted, expiring,
-    marked); print this host's public host keys (``type base64`` lines) on stdout."""
+    """Source: read the target's public key and its rsync server command on stdin (the
+    output of :func:`fanout_keygen`), authorize the key for that one read-only command of
+    ``path`` (forced command, ``restrict``, ``from=``, ``expiry-time=``, marked); print this
+    host's public host keys (``type base64`` lines) on stdout."""
     _validated(spec)
     body = "\n".join(
         [
             f"FROM={q(spec.from_address or '')}",
+            f"WPATH={q(spec.path)}",
             f"TTL_S={int(spec.ttl_minutes) * 60}",
             bash_array("HOST_KEYS", spec.host_key_files),
             *_ak_vars(spec),
@@ -175,6 +201,7 @@ def fanout_pull(spec: FanoutSpec) -> str:
             f"HOST_PATTERN={q(host_pattern)}",
             f"WPATH={q(spec.dest_path)}",
             f"MODE={q(spec.verify)}",
+            bash_array("RSYNC_OPTS", RSYNC_OPTS),
             _tool_function(),
             fragment("fanout_pull"),
         ]
@@ -225,6 +252,7 @@ def fanout_driver(
         f"R_REVOKE={remote(fanout_revoke(spec))}",
         f"R_CLEANUP={remote(fanout_cleanup(spec))}",
         f"SOURCE_NAME={q(spec.source_host)}",
+        f"MARK={q(MARK_PREFIX + spec.marker)}",
         fragment("fanout_driver"),
     ]
     return render(spec.target_host, "fanout", "\n".join(lines))

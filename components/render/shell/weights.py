@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -263,8 +264,31 @@ def ssh_options(ep: SshEndpoint) -> list[str]:
     if ep.proxy_jump:
         if not _SSH_WORD.match(ep.proxy_jump) or ep.proxy_jump.startswith("-"):
             raise ValueError(f"ssh bastion is not a plain word: {ep.proxy_jump!r}")
-        opts += ["-J", ep.proxy_jump]
+        # Not `-J`: the hop's ssh would get none of these options (default keys, the
+        # user's own known_hosts, prompts). ProxyCommand runs it with the same key and the
+        # same pinned known_hosts.
+        opts += ["-o", f"ProxyCommand={_bastion_proxy_command(ep)}"]
     return opts
+
+
+def _bastion_proxy_command(ep: SshEndpoint) -> str:
+    """The bastion hop as a ProxyCommand: ``ssh <pinned options> -W '[%h]:%p' user@bastion``.
+    ssh runs it through a shell after expanding ``%`` tokens: every word is shell-quoted
+    and every literal ``%`` doubled."""
+    assert ep.proxy_jump and ep.known_hosts_file
+    user, _, hostport = ep.proxy_jump.rpartition("@")
+    host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 else (hostport, "", "")
+    words = ["ssh"]
+    if ep.key_file:
+        words += ["-i", ep.key_file, "-o", "IdentitiesOnly=yes"]
+    words += [
+        *("-p", port or "22", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"),
+        *("-o", f"UserKnownHostsFile={ep.known_hosts_file}"),
+        *("-o", f"ConnectTimeout={int(ep.connect_timeout_s)}"),
+    ]
+    quoted = [shlex.quote(w.replace("%", "%%")) for w in words]
+    dest = shlex.quote(f"{user or 'root'}@{host}".replace("%", "%%"))
+    return " ".join([*quoted, "-W", "'[%h]:%p'", dest])
 
 
 def _rsync_e_word(word: str) -> str:

@@ -10,24 +10,7 @@ INSTALLED=false
 if command -v dockerd >/dev/null 2>&1; then
   log "docker present: $(dockerd --version 2>/dev/null || echo dockerd)"
 elif [ "$INSTALL" = 1 ]; then
-  [ -d "$DEB_DIR" ] || die "$DEB_DIR does not exist. Fix: copy the .deb files there (docker.deb_dir)"
-  shopt -s nullglob
-  DEBS=("$DEB_DIR"/*.deb)
-  shopt -u nullglob
-  [ "${#DEBS[@]}" -gt 0 ] || die "no .deb files in $DEB_DIR. Fix: put docker-ce, docker-ce-cli, containerd.io (and nvidia-container-toolkit) .deb files in docker.deb_dir"
-  log "installing Docker from ${#DEBS[@]} .deb file(s) in $DEB_DIR"
-  if command -v apt-get >/dev/null 2>&1; then
-    # Local paths: apt resolves dependencies among these files first; nothing is downloaded
-    # when they are complete (offline-safe), a missing dependency fails with its name.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${DEBS[@]}" >&2
-  else
-    dpkg -i "${DEBS[@]}" >&2
-  fi
-  command -v dockerd >/dev/null 2>&1 || die "dockerd still missing after installing the .deb files. Fix: include the docker-ce package in docker.deb_dir"
-  if has_systemd; then systemctl enable --now docker >&2
-  elif command -v service >/dev/null 2>&1 && [ -e /etc/init.d/docker ]; then service docker start >&2
-  else log "no init system found: start dockerd yourself (e.g. dockerd >/var/log/dockerd.log 2>&1 &)"; fi
-  INSTALLED=true
+  die "dockerd is missing although docker.install is set. Fix: set docker.deb_dir to a directory of docker .deb files on this machine (the deb step installs them)"
 else
   die "Docker is not installed. Fix: install Docker, or set docker.install: true with docker.deb_dir"
 fi

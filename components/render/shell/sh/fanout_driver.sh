@@ -12,8 +12,12 @@ if TGT_SUM=$("${SSH_TGT[@]}" "$R_VERIFY_TGT" </dev/null 2>/dev/null) \
 fi
 cleanup() {
   local rc=$?
-  "${SSH_SRC[@]}" "$R_REVOKE" </dev/null || log "WARNING: could not revoke the temporary key on $SOURCE_NAME (it expires by itself)"
-  "${SSH_TGT[@]}" "$R_CLEANUP" </dev/null || log "WARNING: could not remove the temporary key on $HOST"
+  # A grant left behind is an open door until it expires: a failed revoke fails the step.
+  if ! "${SSH_SRC[@]}" "$R_REVOKE" </dev/null; then
+    log "ERROR: could not revoke the temporary key on $SOURCE_NAME. Fix: remove the line ending in $MARK from $SOURCE_NAME's authorized_keys (it expires by itself after the grant's TTL)"
+    rc=1
+  fi
+  "${SSH_TGT[@]}" "$R_CLEANUP" </dev/null || log "WARNING: could not remove the temporary key on $HOST (no longer authorized on $SOURCE_NAME)"
   exit "$rc"
 }
 trap cleanup EXIT

@@ -10,7 +10,9 @@ done
 [ -s "$KDIR/known_hosts" ] || die "no host key of the source on stdin"
 mkdir -p -- "$WPATH"
 log "pulling $SRC -> $WPATH/"
-rsync -a --partial --info=progress2 --protect-args \
+# The same rsync options as the keygen probe: the key is forced to exactly the command they
+# make rsync ask for (the path is on that command line, so its arguments are not protected).
+rsync "${RSYNC_OPTS[@]}" \
   -e "ssh -i $KDIR/id_ed25519 -p $SRC_PORT -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$KDIR/known_hosts -o IdentitiesOnly=yes -o ConnectTimeout=10 -o ServerAliveInterval=30 -o Ciphers=$SSH_CIPHERS" \
   "$SRC" "$WPATH/" >&2
 wtool verify "$WPATH" --mode "$MODE" --host "$HOST" --require-manifest
