@@ -287,3 +287,43 @@ def test_system_directories_are_refused_on_the_host(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "/usr/share/doc is inside /usr" in proc.stderr
     assert Path("/usr/share/doc").is_dir()
+
+
+def test_a_model_path_in_a_new_top_level_directory_is_claimed(tmp_path: Path) -> None:
+    """A fresh server has no /data: making /data/models/<m> is making a directory right under
+    /, which is fine (the lab e2e caught the first version refusing it). Its release removes
+    what it made, /data included, once empty."""
+    top = Path(f"/vllm-cluster-claim-test-{tmp_path.name}")
+    path = top / "models" / "m"
+    tool_py = Path(tool.__file__)
+    state = tmp_path / "state"
+    assert not top.exists()
+    try:
+        begin = run_script(
+            f"python3 {tool_py} claim-begin {path} --owner {OWNER} --state-dir {state} --host lab-1"
+        )
+        assert begin.returncode == 0, begin.stderr
+        assert path.is_dir()
+        (path / "model.safetensors").write_bytes(b"w" * 10)
+        end = run_script(
+            f"python3 {tool_py} claim-end {path} --owner {OWNER} --state-dir {state} --host lab-1"
+        )
+        assert end.returncode == 0, end.stderr
+        release = run_script(weights_delete("lab-1", str(path), OWNER, state_dir=str(state)))
+        assert release.returncode == 0, release.stderr
+        assert not top.exists()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_model_path_under_a_link_into_a_system_tree_is_not_claimed(tmp_path: Path) -> None:
+    link = tmp_path / "data"
+    link.symlink_to("/usr/share")
+    path = link / "models" / "m"
+    proc = run_script(
+        f"python3 {Path(tool.__file__)} claim-begin {path} --owner {OWNER} "
+        f"--state-dir {tmp_path / 'state'} --host lab-1"
+    )
+    assert proc.returncode == 1
+    assert "would be created as /usr/share/models/m" in proc.stderr
+    assert not Path("/usr/share/models").exists()

@@ -339,9 +339,13 @@ def claim_begin(path: str, owner: str, state_dir: str) -> dict[str, object]:
         missing.append(p)
         p = os.path.dirname(p)
     real_parent = os.path.realpath(p)
-    problem = system_path_problem(real_parent) if missing else None
+    # Where the directories will really be made: the existing part resolved (a symlinked
+    # ancestor may point into /usr), the missing part as given. Making a new directory
+    # right under / (/data) is fine; making it inside a system tree is not.
+    would_be = os.path.normpath(os.path.join(real_parent, os.path.relpath(path, p)))
+    problem = system_path_problem(would_be) if missing else None
     if problem:
-        raise OwnershipError(f"{path} would be created in {real_parent}: {problem}")
+        raise OwnershipError(f"{path} would be created as {would_be}: {problem}")
     created = []
     for d in reversed(missing):
         os.mkdir(d)
