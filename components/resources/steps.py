@@ -134,6 +134,10 @@ def remote_on_destroy(
     )
 
 
+# What a local step runs: bash reading the step's script from stdin.
+LOCAL_SCRIPT_RUNNER = "exec /bin/bash -s"
+
+
 def local_step(
     name: str,
     script: str,
@@ -141,10 +145,15 @@ def local_step(
     triggers: Sequence[pulumi.Input[Any]] | None = None,
     opts: pulumi.ResourceOptions | None = None,
 ) -> local.Command:
-    """`script` run by bash on the operator machine (it reaches hosts with OpenSSH)."""
+    """`script` run by bash on the operator machine (it reaches hosts with OpenSSH).
+
+    The script goes to bash on stdin, not as its `-c` argument: one argument may not exceed
+    128 KiB (MAX_ARG_STRLEN), and a fan-out step carrying the weights tool for several
+    hosts is larger (measured: 164 KB for the second of two hosts)."""
     return local.Command(
         name,
-        create=script,
+        create=LOCAL_SCRIPT_RUNNER,
+        stdin=script,
         interpreter=["/bin/bash", "-c"],
         triggers=list(triggers) if triggers else None,
         add_previous_output_in_env=False,

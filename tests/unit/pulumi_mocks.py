@@ -8,6 +8,8 @@ from typing import Any
 import pulumi
 import pulumi.runtime.mocks
 
+from components.resources.steps import LOCAL_SCRIPT_RUNNER
+
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
 
@@ -35,6 +37,15 @@ class Recorded:
     # Names of the resources it depends on (depends_on and property dependencies), when the
     # mocks run under DependencyMonitor.
     depends_on: list[str] = field(default_factory=list)
+
+    @property
+    def script(self) -> str:
+        """What a command step runs: a local step's script is its stdin (bash -s), a remote
+        step's is its `create`."""
+        if self.type_ == LOCAL:
+            assert self.inputs["create"] == LOCAL_SCRIPT_RUNNER, self.inputs["create"]
+            return str(self.inputs["stdin"])
+        return str(reveal(self.inputs["create"]))
 
 
 @dataclass

@@ -124,9 +124,9 @@ def test_single_node_service_container_and_gate(mocks: RecordingMocks) -> Any:
         gate = mocks.named("svc-ready")
         assert is_secret(gate.inputs["stdin"])
         assert reveal(gate.inputs["stdin"]) == "sk-test"
-        assert "sk-test" not in gate.inputs["create"]
+        assert "sk-test" not in gate.script
         assert gate.type_ == REMOTE
-        assert gate.inputs["create"].startswith("bash -c ")
+        assert gate.script.startswith("bash -c ")
         assert_connects_to(gate, "10.0.0.1")
         assert gate.inputs["triggers"] == ["svc-server-id"]
 
@@ -260,13 +260,13 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
     head_fetch = mocks.named("weights-h1-fetch")
     assert head_fetch.type_ == LOCAL  # runs on the operator machine
     assert head_fetch.inputs["interpreter"] == ["/bin/bash", "-c"]
-    assert head_fetch.inputs["create"].startswith("rsync push")
-    assert "bash -s <<'VLLM_CLUSTER_VERIFY'\nverify" in head_fetch.inputs["create"]
+    assert head_fetch.script.startswith("rsync push")
+    assert "bash -s <<'VLLM_CLUSTER_VERIFY'\nverify" in head_fetch.script
     assert head_fetch.inputs["triggers"] == [1]  # the check's generation
     worker_fetch = mocks.named("weights-h2-fetch")
     assert worker_fetch.type_ == REMOTE
     assert_connects_to(worker_fetch, "10.0.0.2")
-    assert worker_fetch.inputs["create"] == "bash -c 'pull from head\nverify'"
+    assert worker_fetch.script == "bash -c 'pull from head\nverify'"
     # A re-fetch replaces the fetch; removal must not ride on it.
     assert "delete" not in worker_fetch.inputs
     remove = mocks.named("weights-h2-remove")

@@ -134,7 +134,7 @@ def test_two_hosts_serve_through_vllms_own_launcher_by_default(project: Path) ->
         "serving-headless-n2-id",
     ]
     # Preflight reserves the API and rendezvous ports on the head; no Ray check.
-    assert "29501" in mocks.named("n1-preflight").inputs["create"]
+    assert "29501" in mocks.named("n1-preflight").script
     assert not [r for r in mocks.resources if r.name.endswith("-image-fit")]
 
 
@@ -150,8 +150,8 @@ def test_two_hosts_with_the_ray_backend_become_a_ray_cluster(project: Path) -> N
     assert "vllm-cluster:index:VllmService" not in types
     # The image must carry Ray: checked on the head before any engine container starts.
     fit = mocks.named("n1-image-fit")
-    assert "import ray" in fit.inputs["create"]
-    assert "serving.distributed_backend: mp" in fit.inputs["create"]
+    assert "import ray" in fit.script
+    assert "serving.distributed_backend: mp" in fit.script
     assert fit.inputs["triggers"] == ["n1-image-load-id"]
     assert not [r for r in mocks.resources if r.name == "n2-image-fit"]
     head = mocks.named("serving-head")
@@ -162,7 +162,7 @@ def test_two_hosts_with_the_ray_backend_become_a_ray_cluster(project: Path) -> N
     worker = mocks.named("serving-worker-n2")
     assert "--address=10.9.0.1:6379" in worker.inputs["command"][1]
     # The image is streamed only when the host lacks this exact ID.
-    load = mocks.named("n2-image-load").inputs["create"]
+    load = mocks.named("n2-image-load").script
     assert IMAGE_ID in load and "docker load" in load
     # ... and loaded again when the host lost it: a check on every preview/up triggers it.
     check = mocks.named("n2-image-check").inputs
@@ -170,10 +170,10 @@ def test_two_hosts_with_the_ray_backend_become_a_ray_cluster(project: Path) -> N
     assert len(mocks.named("n2-image-load").inputs["triggers"]) == 1
     # Local weights: the operator machine pushes them to every host (distribute: each).
     for name in ("n1", "n2"):
-        fetch = mocks.named(f"weights-{name}-fetch").inputs["create"]
+        fetch = mocks.named(f"weights-{name}-fetch").script
         assert "rsync" in fetch and "fanout" not in fetch
     # Preflight checks what the config expects of each host.
-    preflight = mocks.named("n1-preflight").inputs["create"]
+    preflight = mocks.named("n1-preflight").script
     assert "NVIDIA H20" in preflight and "eth0" in preflight and "10.9.0.1" in preflight
     # Containers carry the stack as their owner; preflight refuses another owner's.
     assert "OWNER=vllm-cluster/t" in preflight
@@ -194,7 +194,7 @@ def test_two_hosts_with_the_ray_backend_become_a_ray_cluster(project: Path) -> N
     check_argv = mocks.named("n1-image-check").inputs["ssh_argv"]
     assert "StrictHostKeyChecking=yes" in check_argv
     assert f"UserKnownHostsFile={project / 'known_hosts'}" in check_argv
-    load = mocks.named("n1-image-load").inputs["create"]
+    load = mocks.named("n1-image-load").script
     assert f"UserKnownHostsFile={project / 'known_hosts'}" in load
 
 
@@ -293,9 +293,9 @@ def test_weights_distribution(project: Path, model: dict[str, Any], n2_fans_out:
         config["model"].pop("local_dir")
         config["model"]["config_file"] = "model/config.json"
     mocks = run_program(config, {"apiKey": "sk-lab"})
-    n1 = mocks.named("weights-n1-fetch").inputs
-    n2 = mocks.named("weights-n2-fetch").inputs["create"]
-    assert "fanout" not in str(n1.get("create"))
+    n1 = mocks.named("weights-n1-fetch").script
+    n2 = mocks.named("weights-n2-fetch").script
+    assert "fanout" not in n1
     assert ("fanout" in n2) is n2_fans_out
 
 
@@ -307,7 +307,7 @@ def test_fanout_grant_is_bound_to_the_target_address(project: Path) -> None:
     config["model"].pop("local_dir")
     config["model"]["config_file"] = "model/config.json"
     mocks = run_program(config, {"apiKey": "sk-lab"})
-    driver = mocks.named("weights-n2-fetch").inputs["create"]
+    driver = mocks.named("weights-n2-fetch").script
     assert "FROM=10.9.0.2" in driver
 
 
@@ -337,7 +337,7 @@ def test_bastion_hop_of_openssh_clients_uses_the_pinned_key_and_known_hosts(
         assert word in hop, word
     kh = Path(known.split("=", 1)[1]).read_text()
     assert f"10.9.9.9 {bastion_key}" in kh.splitlines()
-    load = mocks.named("n1-image-load").inputs["create"]
+    load = mocks.named("n1-image-load").script
     assert " -J " not in load and "ProxyCommand=" in load
 
 
@@ -351,7 +351,7 @@ def test_docker_debs_are_sent_by_name_and_checksum(project: Path) -> None:
     (debs / "notes.txt").write_text("not a package")
     config["docker"] = {"install": True, "deb_dir": "debs"}
     mocks = run_program(config, {"apiKey": "sk-lab"})
-    create = mocks.named("n1-deb-copy").inputs["create"]
+    create = mocks.named("n1-deb-copy").script
     assert f"tar -C {debs} -cf - -- docker-ce_1_amd64.deb |" in create
     assert hashlib.sha256(b"docker").hexdigest() in create
     assert "notes.txt" not in create

@@ -69,7 +69,7 @@ def test_every_copy_into_the_model_path_is_claimed(project: Path) -> None:
     config["model"]["distribute"] = "fanout"
     mocks = run_program(config, {"apiKey": "sk-lab"})
     for name in ("weights-n1-fetch", "weights-n2-fetch"):
-        script = mocks.named(name).inputs["create"]
+        script = mocks.named(name).script
         begin, end = script.index("wclaim begin"), script.rindex("wclaim end")
         copy = "fanout" if name.endswith("n2-fetch") else "rsync -a"
         assert begin < script.index(copy) < end, name
