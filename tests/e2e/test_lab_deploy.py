@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -257,3 +258,81 @@ def test_destroy_removes_serving_and_keeps_weights(
     for h in HOSTS:
         assert containers_on(h) == []
         assert host_exec(h, "test", "-s", f"{MODEL_PATH}/config.json", check=False).returncode == 0
+
+
+def listeners(host: str) -> list[tuple[str, int, str]]:
+    """(address, port, process) of every TCP socket listening on a lab host (`ss -ltnp`)."""
+    found = []
+    for line in host_exec(host, "ss", "-ltnpH").stdout.splitlines():
+        fields = line.split()
+        address, _, port = fields[3].rpartition(":")
+        process = re.search(r'users:\(\("([^"]+)"', line)
+        found.append((address.strip("[]"), int(port), process.group(1) if process else ""))
+    return found
+
+
+# Listeners of the lab host itself, not of the cluster: its sshd (the "server's" SSH) and
+# Docker's embedded DNS of the lab network (on 127.0.0.11, the lab host being a container).
+LAB_HOST_OWN = ("sshd",)
+RAY_PROCESSES = ("gcs_server", "raylet")
+
+
+def test_what_each_node_listens_on_is_what_the_security_model_lists(
+    deployed: tuple[PulumiStack, dict[str, Any]],
+) -> None:
+    """`ss -ltnp` on every host against README's "What the cluster opens": the API on the
+    head, the rendezvous or Ray ports, Ray's own processes on the Ray backend, nothing else."""
+    readme = (REPO / "README.md").read_text()
+    security = readme.split("## Security model", 1)[1].split("\n## ", 1)[0]
+    for key in ("serving.port", "serving.master_port", "serving.ray_port"):
+        assert key in security, key
+    unexpected = []
+    for h in HOSTS:
+        for address, port, process in listeners(h):
+            if process in LAB_HOST_OWN or address == "127.0.0.11":
+                continue
+            if h == "1" and port == 8000 and address == "0.0.0.0":
+                continue  # serving.port, --host 0.0.0.0 (the API key guards /v1)
+            if BACKEND.name == "mp" and h == "1" and port == 29501:
+                continue  # serving.master_port: torch's store (real vLLM keeps it open)
+            if BACKEND.name == "ray":
+                if h == "1" and port == 6379 and process == "gcs_server":
+                    continue  # serving.ray_port
+                if (
+                    process in RAY_PROCESSES
+                    or process.startswith("ray::")
+                    or (
+                        h == "1" and process == "python3"  # the head's driver (vLLM) talking to Ray
+                    )
+                ):
+                    continue  # Ray's own ports: random, token-authenticated
+            unexpected.append((f"lab-{h}", address, port, process))
+    assert unexpected == [], f"listening, but not in the security model: {unexpected}"
+
+
+def test_ray_refuses_a_client_without_the_clusters_token(
+    deployed: tuple[PulumiStack, dict[str, Any]],
+) -> None:
+    """The Ray backend runs with Ray's token authentication (Ray 2.60 in the stand-in image):
+    a client on a cluster node with a wrong token is refused by the head's GCS; the same
+    client with the node's own token connects. The API key never reaches the workers' Ray
+    actors (vLLM copies the driver's environment into them but for the names the head script
+    excludes). On the mp backend nothing listens on the Ray port."""
+    if BACKEND.name == "mp":
+        assert not [x for x in listeners("1") if x[1] == 6379]
+        return
+    connect = "import ray; ray.init(address='172.31.250.11:6379'); print('connected')"
+    worker = ("docker", "exec", BACKEND.worker_container)
+    refused = host_exec(
+        "2", *worker, "env", "RAY_AUTH_TOKEN=not-the-token", "timeout", "90", "python3", "-c",
+        connect, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0, refused.stdout
+    assert "Authentication token is missing or incorrect" in refused.stderr, refused.stderr[-2000:]
+    # The token stays in the container's environment: it is never on a command line here.
+    admitted = host_exec("2", *worker, "timeout", "90", "python3", "-c", connect, check=False)
+    assert admitted.returncode == 0 and "connected" in admitted.stdout, admitted.stderr[-2000:]
+    head_logs = host_exec("1", "docker", "logs", BACKEND.head_container)
+    copied = re.search(r"secrets in the last worker's environment: (.*)", head_logs.stdout)
+    assert copied is not None, head_logs.stdout[-2000:]
+    assert "VLLM_API_KEY" not in copied.group(1), copied.group(0)

@@ -234,6 +234,18 @@ def _place_on_ray(cfg: ServeConfig, local_gpus: int) -> Placement:
         for rank in range(world)
     ]
     infos = ray.get([a.info.remote() for a in actors], timeout=max(60.0, remaining))
+    # As vLLM 0.32's Ray executor does: the driver's whole environment, but for the
+    # worker-specific variables and the names in $VLLM_CONFIG_ROOT/ray_non_carry_over_env_vars
+    # .json, is set (setdefault) in every worker actor.
+    driver_env = _driver_env_vars()
+    ray.get([a.set_driver_env.remote(driver_env) for a in actors], timeout=60.0)
+    held = ray.get(actors[-1].secret_names.remote(), timeout=60.0)
+    logger.info(
+        "Driver environment copied to the Ray workers (%d variables); secrets in the last "
+        "worker's environment: %s",
+        len(driver_env),
+        ", ".join(held) or "none",
+    )
     workers = [
         Worker(rank, str(info["ip"]), tuple(str(g) for g in info["gpu_ids"]))
         for rank, info in enumerate(infos)
@@ -264,7 +276,44 @@ def _worker_actor(ray: Any) -> Any:
         def ping(self) -> bool:
             return True
 
+        def set_driver_env(self, env: dict[str, str]) -> None:
+            for key, value in env.items():
+                os.environ.setdefault(key, value)
+
+        def secret_names(self) -> list[str]:
+            return sorted(k for k in os.environ if k in ("VLLM_API_KEY", "RAY_AUTH_TOKEN"))
+
     return ray.remote(StandinWorker)
+
+
+# vLLM 0.32's WORKER_SPECIFIC_ENV_VARS (vllm/v1/executor/ray_utils.py): what each worker
+# sets for itself.
+_WORKER_SPECIFIC_ENV = frozenset(
+    {
+        "VLLM_HOST_IP",
+        "VLLM_HOST_PORT",
+        "VLLM_NIXL_SIDE_CHANNEL_HOST",
+        "LOCAL_RANK",
+        "CUDA_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "ROCR_VISIBLE_DEVICES",
+    }
+)
+
+
+def _driver_env_vars() -> dict[str, str]:
+    """vllm/v1/executor/ray_env_utils.get_driver_env_vars with vllm/ray/ray_env.py's file of
+    names not to carry over."""
+    root = os.environ.get("VLLM_CONFIG_ROOT") or os.path.join(
+        os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "vllm"
+    )
+    path = os.path.join(root, "ray_non_carry_over_env_vars.json")
+    try:
+        with open(path) as f:
+            excluded = set(json.load(f))
+    except (OSError, ValueError):
+        excluded = set()
+    return {k: v for k, v in os.environ.items() if k not in _WORKER_SPECIFIC_ENV | excluded}
 
 
 def _describe_nodes(ray: Any) -> str:
