@@ -2,6 +2,12 @@
 fixtures/shell names a render function and cases with arguments and what the script must
 contain, in which order, and what it must not contain (or the error it must raise).
 Every rendered script is also syntax-checked with ``bash -n``.
+
+What a case may expect is what the renderer makes of its arguments (the values it writes,
+quoted, into the script, the checks it adds or leaves out, the inputs it refuses): a fragment
+copied verbatim from the renderers' source or the static scripts would pass whatever the
+arguments were, and is refused by `test_no_fixture_expects_text_copied_from_the_source`.
+What the scripts then do is tested by running them (tests/scripts).
 """
 
 from __future__ import annotations
@@ -64,3 +70,23 @@ def test_fixture(data: dict[str, Any], case: dict[str, Any]) -> None:
     for fragment in case.get("absent", []):
         assert fragment not in script, f"{fragment!r} must not be in the script"
     bash_syntax_ok(script)
+
+
+RENDER_SOURCES = Path(__file__).resolve().parents[2] / "components" / "render"
+
+
+def test_no_fixture_expects_text_copied_from_the_source() -> None:
+    source = "".join(
+        p.read_text()
+        for pattern in ("*.py", "shell/*.py", "shell/sh/*.sh")
+        for p in sorted(RENDER_SOURCES.glob(pattern))
+    )
+    copies = [
+        f"{path.name}:{name}: {fragment!r}"
+        for path in sorted(FIXTURES.glob("*.json"))
+        for name, case in json.loads(path.read_text())["cases"].items()
+        for key in ("in_order", "contains")
+        for fragment in case.get(key, [])
+        if fragment in source
+    ]
+    assert copies == [], "fixture fragments that are copies of the source:\n" + "\n".join(copies)
