@@ -84,24 +84,28 @@ def launch(tp: int, pp: int) -> EngineLaunch:
     )
 
 
+def single_node_service(engine: EngineLaunch) -> VllmService:
+    """VllmService `svc` on host h1 (10.0.0.1), API key sk-test."""
+    return VllmService(
+        "svc",
+        VllmServiceArgs(
+            host=host("h1", "10.0.0.1"),
+            node=NodeNetwork("10.0.0.1", "eth0"),
+            launch=engine,
+            api_key=pulumi.Output.secret("sk-test"),
+            ready_timeout_s=300,
+            extra_env={},
+        ),
+    )
+
+
 def settle(*outputs: Any) -> pulumi.Output[Any]:
     return pulumi.Output.all(*outputs)
 
 
 @pulumi.runtime.test
 def test_single_node_service_container_and_gate(mocks: RecordingMocks) -> Any:
-    h = host("h1", "10.0.0.1")
-    svc = VllmService(
-        "svc",
-        VllmServiceArgs(
-            host=h,
-            node=NodeNetwork("10.0.0.1", "eth0"),
-            launch=launch(2, 1),
-            api_key=pulumi.Output.secret("sk-test"),
-            ready_timeout_s=300,
-            extra_env={},
-        ),
-    )
+    svc = single_node_service(launch(2, 1))
 
     def check(args: list[Any]) -> None:
         endpoint = args[0]
@@ -138,18 +142,7 @@ def test_endpoint_comes_from_the_readiness_gate(mocks: RecordingMocks) -> Any:
     """The endpoint output is known only once the gate passed: it depends on the gate
     command, not merely on the containers (a stack output in CI must not name an endpoint
     that never answered)."""
-    h = host("h1", "10.0.0.1")
-    svc = VllmService(
-        "svc",
-        VllmServiceArgs(
-            host=h,
-            node=NodeNetwork("10.0.0.1", "eth0"),
-            launch=launch(1, 1),
-            api_key=pulumi.Output.secret("sk-test"),
-            ready_timeout_s=300,
-            extra_env={},
-        ),
-    )
+    svc = single_node_service(launch(1, 1))
 
     async def names() -> list[str]:
         return sorted(r._name for r in await svc.endpoint.resources())

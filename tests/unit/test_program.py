@@ -84,12 +84,19 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
 
 
-def run_program(config: dict[str, Any], secrets: dict[str, str]) -> RecordingMocks:
+def mock_stack(config: dict[str, Any], secrets: dict[str, str]) -> RecordingMocks:
+    """Fresh mocks for stack `t`, with `config` as its vllm-cluster: keys and `secrets` set
+    as Pulumi secrets."""
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="vllm-cluster", stack="t", preview=False)
     values = {f"vllm-cluster:{k}": json.dumps(v) for k, v in config.items()}
     values.update({f"vllm-cluster:{k}": v for k, v in secrets.items()})
     pulumi.runtime.set_all_config(values, secret_keys=[f"vllm-cluster:{k}" for k in secrets])
+    return mocks
+
+
+def run_program(config: dict[str, Any], secrets: dict[str, str]) -> RecordingMocks:
+    mocks = mock_stack(config, secrets)
 
     @pulumi.runtime.test
     def program() -> None:
@@ -376,11 +383,7 @@ def _run_capturing_exports(
     exported: dict[str, Any] = {}
     monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
     resolved: dict[str, tuple[bool, Any]] = {}
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="vllm-cluster", stack="t", preview=False)
-    values = {f"vllm-cluster:{k}": json.dumps(v) for k, v in config.items()}
-    values.update({f"vllm-cluster:{k}": v for k, v in secrets.items()})
-    pulumi.runtime.set_all_config(values, secret_keys=[f"vllm-cluster:{k}" for k in secrets])
+    mocks = mock_stack(config, secrets)
 
     @pulumi.runtime.test
     def program() -> Any:
