@@ -248,18 +248,6 @@ def test_api_key_never_in_state_or_ps(deployed: tuple[PulumiStack, dict[str, Any
         assert key not in ps
 
 
-def test_destroy_removes_serving_and_keeps_weights(
-    deployed: tuple[PulumiStack, dict[str, Any]],
-) -> None:
-    stack, _ = deployed
-    started = time.monotonic()
-    stack.destroy()
-    print(f"\ndestroy: {time.monotonic() - started:.1f} s")
-    for h in HOSTS:
-        assert containers_on(h) == []
-        assert host_exec(h, "test", "-s", f"{MODEL_PATH}/config.json", check=False).returncode == 0
-
-
 def listeners(host: str) -> list[tuple[str, int, str]]:
     """(address, port, process) of every TCP socket listening on a lab host (`ss -ltnp`)."""
     found = []
@@ -286,6 +274,10 @@ def test_what_each_node_listens_on_is_what_the_security_model_lists(
     security = readme.split("## Security model", 1)[1].split("\n## ", 1)[0]
     for key in ("serving.port", "serving.master_port", "serving.ray_port"):
         assert key in security, key
+    head_ports = {port for _, port, _ in listeners("1")}
+    assert 8000 in head_ports, head_ports  # the stack is up: the API listens
+    if BACKEND.name == "ray":
+        assert 6379 in head_ports, head_ports
     unexpected = []
     for h in HOSTS:
         for address, port, process in listeners(h):
@@ -336,3 +328,16 @@ def test_ray_refuses_a_client_without_the_clusters_token(
     copied = re.search(r"secrets in the last worker's environment: (.*)", head_logs.stdout)
     assert copied is not None, head_logs.stdout[-2000:]
     assert "VLLM_API_KEY" not in copied.group(1), copied.group(0)
+
+
+# Last in the module: it takes the stack down (each test above needs it up).
+def test_destroy_removes_serving_and_keeps_weights(
+    deployed: tuple[PulumiStack, dict[str, Any]],
+) -> None:
+    stack, _ = deployed
+    started = time.monotonic()
+    stack.destroy()
+    print(f"\ndestroy: {time.monotonic() - started:.1f} s")
+    for h in HOSTS:
+        assert containers_on(h) == []
+        assert host_exec(h, "test", "-s", f"{MODEL_PATH}/config.json", check=False).returncode == 0
