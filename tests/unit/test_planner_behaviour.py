@@ -1,0 +1,432 @@
+"""The planner's outputs checked against what they claim, found by `make mutation`:
+
+- the engine flags of a plan are accepted by vLLM's command line (the lab stand-in carries
+  vLLM's parser) and give the engine the plan's numbers;
+- a "does not fit" message adds up, names the fullest stage, and its suggested max_num_seqs
+  is the largest that fits (re-planning with it succeeds, with one more fails);
+- the text table (the CLI's default output) reports the same numbers as the plan itself;
+- compressed-tensors checkpoints (llm-compressor's format) are read as the scheme they state.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from components.plan.model_config import (
+    ModelConfig,
+    Quantization,
+    load_model_config,
+    parse_model_config,
+)
+from components.plan.model_shapes import tp_problems
+from components.plan.sizing import GIB, USABLE_FRACTION, Plan, PlanError, make_plan
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "fixtures" / "model_configs"
+R1_CONFIG = REPO / "models" / "deepseek-r1" / "config.json"
+STANDIN_ARGS = REPO / "lab" / "engine" / "standin" / "vllm" / "args.py"
+
+
+def cfg(name: str) -> ModelConfig:
+    return load_model_config(FIXTURES / f"{name}.json")
+
+
+def _standin_args() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("standin_vllm_args", STANDIN_ARGS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------
+# Engine flags
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_engine_args_parse_as_vllm_flags_with_the_plans_numbers(kv_cache_dtype: str) -> None:
+    plan = make_plan(
+        cfg("qwen2-7b"),
+        gpu_memory_gib=80,
+        gpus_per_node=8,
+        max_model_len=4096,
+        max_num_seqs=48,
+        gpu_memory_utilization=0.85,
+        kv_cache_dtype=kv_cache_dtype,
+    )
+    args = _standin_args()
+    parser = args.FlexibleArgumentParser()
+    args.add_engine_args(parser)
+    # parse_args: an unknown or misspelt flag is an error, as in vLLM
+    ns = parser.parse_args(plan.engine_args())
+    assert ns.tensor_parallel_size == plan.tensor_parallel_size == 4
+    assert ns.pipeline_parallel_size == plan.pipeline_parallel_size == 2
+    assert ns.max_model_len == 4096
+    assert ns.max_num_seqs == 48
+    assert ns.gpu_memory_utilization == 0.85
+    assert ns.kv_cache_dtype == kv_cache_dtype
+
+
+def test_engine_args_are_refused_by_vllms_parser_when_misspelt() -> None:
+    """The check above can fail: the parser refuses a flag it does not know."""
+    args = _standin_args()
+    parser = args.FlexibleArgumentParser()
+    args.add_engine_args(parser)
+    parser.error = lambda message: (_ for _ in ()).throw(ValueError(message))  # type: ignore[method-assign]
+    with pytest.raises(ValueError):
+        parser.parse_args(["--MAX-NUM-SEQS", "4"])
+
+
+# ---------------------------------------------------------------------------------------
+# "Does not fit": the numbers add up and the suggestion works
+
+
+_NUM = r"([\d,]+(?:\.\d+)?)"
+
+
+def _numbers(msg: str) -> dict[str, float]:
+    m = re.search(
+        rf"stage (\d+), layers (\d+)-(\d+)\) needs {_NUM} GiB weights \+ {_NUM} GiB reserve \+ "
+        rf"{_NUM} GiB KV cache for max_num_seqs (\d+) x max_model_len (\d+) = {_NUM} GiB, but "
+        rf"has {_NUM} GiB x {_NUM} usable x {_NUM} gpu_memory_utilization = {_NUM} GiB\.",
+        msg,
+    )
+    assert m, msg
+    keys = [
+        "stage",
+        "first",
+        "last",
+        "weights",
+        "reserve",
+        "kv",
+        "seqs",
+        "len",
+        "need",
+        "gpu_gib",
+        "usable",
+        "util",
+        "budget",
+    ]
+    return {k: float(v.replace(",", "")) for k, v in zip(keys, m.groups(), strict=True)}
+
+
+def _fits(model: ModelConfig, **kw: Any) -> Plan | None:
+    try:
+        return make_plan(model, **kw)
+    except PlanError:
+        return None
+
+
+def test_kv_shortfall_message_adds_up_and_its_max_num_seqs_is_the_largest_that_fits() -> None:
+    kw: dict[str, Any] = {"gpu_memory_gib": 24, "gpus_per_node": 1, "max_model_len": 2048}
+    model = cfg("llama-3-8b")
+    with pytest.raises(PlanError) as err:
+        make_plan(model, **kw)
+    msg = str(err.value)
+    n = _numbers(msg)
+    # the same GPU with one sequence: same weights, reserve and budget
+    one = make_plan(model, max_num_seqs=1, **kw).stages[0]
+    assert (n["stage"], n["first"], n["last"]) == (0, 0, 31)
+    assert n["weights"] == round(one.weights_bytes / GIB, 2)
+    assert n["reserve"] == round(one.reserve_bytes / GIB, 2)
+    assert n["kv"] == round(256 * 2048 * one.kv_bytes_per_token / GIB, 2)
+    assert (n["seqs"], n["len"]) == (256, 2048)
+    assert abs(n["need"] - (n["weights"] + n["reserve"] + n["kv"])) <= 0.02
+    assert (n["gpu_gib"], n["usable"], n["util"]) == (24, USABLE_FRACTION, 0.9)
+    assert n["budget"] == round(one.budget_bytes / GIB, 2)
+    tokens = int(re.search(r"would hold ([\d,]+) tokens", msg).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert tokens == one.kv_tokens
+    # the fix it names, taken literally, works; one sequence more does not
+    seqs = int(re.search(r"lower max_num_seqs to (\d+), lower max_model_len, use ", msg).group(1))  # type: ignore[union-attr]
+    assert "use kv_cache_dtype fp8, or add nodes." in msg
+    assert _fits(model, max_num_seqs=seqs, **kw) is not None
+    assert _fits(model, max_num_seqs=seqs + 1, **kw) is None
+    assert "The weights alone do not fit" not in msg
+
+
+def test_shortfall_names_the_fullest_stage_of_a_pipeline() -> None:
+    kw: dict[str, Any] = {
+        "gpu_memory_gib": 24,
+        "gpus_per_node": 2,
+        "max_model_len": 8192,
+        "tensor_parallel_size": 1,
+        "pipeline_parallel_size": 2,
+    }
+    model = cfg("llama-3-8b")
+    with pytest.raises(PlanError) as err:
+        make_plan(model, **kw)
+    n = _numbers(str(err.value))
+    stages = make_plan(model, max_num_seqs=1, **kw).stages
+    fullest = max(stages, key=lambda s: s.weights_bytes + s.reserve_bytes)
+    assert fullest.stage == 1  # the last stage also holds lm_head
+    assert (n["stage"], n["first"], n["last"]) == (1, fullest.layer_start, fullest.layer_end - 1)
+    assert n["weights"] == round(fullest.weights_bytes / GIB, 2)
+    # the suggestion is judged by the fullest stage, and works
+    seqs = int(re.search(r"lower max_num_seqs to (\d+)", str(err.value)).group(1))  # type: ignore[union-attr]
+    assert _fits(model, max_num_seqs=seqs, **kw) is not None
+    assert _fits(model, max_num_seqs=seqs + 1, **kw) is None
+
+
+def test_shortfall_when_not_one_sequence_fits_suggests_a_shorter_context() -> None:
+    kw: dict[str, Any] = {"gpu_memory_gib": 23, "gpus_per_node": 1, "max_model_len": 8192}
+    model = cfg("llama-3-8b")
+    with pytest.raises(PlanError) as err:
+        make_plan(model, **kw)
+    msg = str(err.value)
+    assert "not one max_model_len sequence: lower max_model_len, raise " in msg
+    assert "gpu_memory_utilization, or add nodes." in msg
+    assert "lower max_num_seqs" not in msg
+    tokens = int(re.search(r"would hold ([\d,]+) tokens", msg).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert 0 < tokens < 8192
+    # the context it can hold does fit, one sequence at a time
+    one = {**kw, "max_num_seqs": 1}
+    assert _fits(model, **{**one, "max_model_len": tokens}) is not None
+    assert _fits(model, **{**one, "max_model_len": tokens + 16}) is None
+
+
+def test_shortfall_of_the_weights_alone_says_so() -> None:
+    with pytest.raises(PlanError) as err:
+        make_plan(load_model_config(R1_CONFIG), gpu_memory_gib=96, gpus_per_node=8)
+    msg = str(err.value)
+    assert msg.endswith(
+        " The weights alone do not fit: add nodes or use a smaller/quantized checkpoint."
+    )
+    n = _numbers(msg)
+    assert n["weights"] + n["reserve"] > n["budget"]
+
+
+# ---------------------------------------------------------------------------------------
+# The text table reports the plan's own numbers
+
+
+def _table_rows(text: str) -> dict[str, str]:
+    rows, starts = {}, set()
+    for line in text.split("\n\n")[0].splitlines():
+        m = re.fullmatch(r"(\S.*?)( {2,})(\S.*)", line)
+        assert m, line
+        rows[m.group(1)] = m.group(3)
+        starts.add(m.start(3))
+    assert len(starts) == 1, "values start in one column"
+    return rows
+
+
+def _gib(x: int) -> str:
+    return f"{x / GIB:.2f}"
+
+
+def test_table_reports_the_plans_numbers_r1_two_nodes_expert_parallel() -> None:
+    plan = make_plan(
+        load_model_config(R1_CONFIG),
+        gpu_memory_gib=96,
+        gpus_per_node=8,
+        max_nodes=2,
+        max_model_len=2048,
+        expert_parallel=True,
+        checkpoint_bytes=688_586_727_753,
+        checkpoint_source="model.safetensors.index.json metadata.total_size",
+    )
+    text = plan.table()
+    rows = _table_rows(text)
+    assert plan.parameters and plan.parameters_checkpoint
+    assert list(rows) == [
+        "Model",
+        "Quantization",
+        "Parameters",
+        "Weights",
+        "KV cache / token",
+        "Layout",
+        "GPU budget",
+        "Seed estimate",
+    ]
+    assert rows["Model"] == plan.model_summary
+    assert rows["Quantization"] == plan.quantization == "fp8 (block 128x128 scales)"
+    assert rows["Parameters"] == (
+        f"{plan.parameters / 1e9:.2f} B loaded ({(plan.parameters_checkpoint or 0) / 1e9:.2f} B in "
+        "the checkpoint)"
+    )
+    assert rows["Weights"] == (
+        f"{_gib(plan.weight_bytes)} GiB loaded, checkpoint 688.59 GB (size from "
+        "model.safetensors.index.json metadata.total_size)"
+    )
+    assert rows["KV cache / token"] == "70,272 B whole model (kv_cache_dtype auto)"
+    assert rows["Layout"].startswith("TP 8 x PP 2 on 2 node(s) x 8 GPUs (")
+    assert rows["Layout"].endswith("); expert parallel: whole experts over each TP group of 8")
+    assert rows["GPU budget"] == (
+        f"96 GiB x {USABLE_FRACTION} usable x 0.9 utilization = "
+        f"{_gib(plan.stages[0].budget_bytes)} GiB"
+    )
+    assert rows["Seed estimate"] == (
+        f"{plan.seed_estimate_gb:.1f} GB (params x bytes/param / 1e9 x 1.2) -> "
+        f"{plan.seed_nodes} node(s) of 8 x 96 GB"
+    )
+    lines = text.splitlines()
+    header = lines.index("Per GPU (GiB, every GPU of a stage holds the same):")
+    columns = lines[header + 1].split()
+    assert columns[:4] == ["stage", "layers", "GPUs", "(node:gpu)"]
+    stage_rows = lines[header + 2 : header + 2 + len(plan.stages)]
+    for line, s, node in zip(stage_rows, plan.stages, (0, 1), strict=True):
+        cells = line.split()
+        assert cells[0] == str(s.stage)
+        assert cells[1] == f"{s.layer_start}-{s.layer_end - 1}"
+        assert cells[2] == f"{node}:0-{node}:7"
+        assert cells[3:] == [
+            _gib(s.weights_bytes),
+            _gib(s.reserve_bytes),
+            _gib(s.kv_needed_bytes),
+            _gib(s.budget_bytes),
+            _gib(s.free_bytes),
+            _gib(s.kv_cache_bytes),
+            f"{s.kv_tokens:,}",
+        ]
+    tail = lines[header + 2 + len(plan.stages) :]
+    assert tail[0] == ""
+    assert tail[1] == (
+        f"KV cache tokens  {plan.kv_cache_tokens:,} (max_num_seqs 256 x max_model_len 2048 = "
+        "524,288 needed)"
+    )
+    assert tail[2] == f"Max concurrency  {plan.max_concurrency:g} x 2048-token requests"
+    assert tail[3] == f"Ready timeout    {plan.ready_timeout_s} s (suggested)"
+    assert tail[4:] == [f"Note: {note}" for note in plan.notes]
+    assert plan.notes
+
+
+def test_table_of_a_dense_model_without_checkpoint_size() -> None:
+    plan = make_plan(
+        cfg("llama-3-8b"), gpu_memory_gib=80, gpus_per_node=1, max_model_len=2048, max_num_seqs=64
+    )
+    rows = _table_rows(plan.table())
+    assert plan.parameters
+    assert rows["Parameters"] == f"{plan.parameters / 1e9:.2f} B loaded"
+    assert rows["Weights"] == f"{_gib(plan.weight_bytes)} GiB loaded (size from config.json)"
+    assert "expert parallel" not in rows["Layout"]
+
+
+# ---------------------------------------------------------------------------------------
+# compressed-tensors (llm-compressor) checkpoints
+
+
+def _raw(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / f"{name}.json").read_text())
+    return data
+
+
+def _ct(weights: dict[str, Any], **qc: Any) -> Quantization:
+    raw = _raw("llama-3-8b")
+    raw["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}},
+        **qc,
+    }
+    return parse_model_config(raw).quantization
+
+
+def test_compressed_tensors_fp8_block() -> None:
+    q = _ct(
+        {
+            "num_bits": 8,
+            "type": "float",
+            "strategy": "block",
+            "block_structure": [128, 64],
+        }
+    )
+    assert (q.method, q.weight_bits, q.block, q.per_channel) == ("fp8", 8, (128, 64), False)
+    assert q.source == "compressed-tensors"
+    assert q.describe() == "fp8 (block 128x64 scales)"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "per_channel"), [("channel", True), ("tensor", False), ("block", False)]
+)
+def test_compressed_tensors_fp8_channel_or_tensor(strategy: str, per_channel: bool) -> None:
+    # "block" without a 2-number block_structure falls back to a scale per tensor/channel
+    q = _ct({"num_bits": 8, "type": "float", "strategy": strategy, "block_structure": [128]})
+    assert (q.method, q.weight_bits, q.block, q.per_channel) == ("fp8", 8, None, per_channel)
+    assert q.source == "compressed-tensors"
+
+
+@pytest.mark.parametrize(("strategy", "per_channel"), [("channel", True), ("tensor", False)])
+def test_compressed_tensors_int8(strategy: str, per_channel: bool) -> None:
+    q = _ct({"num_bits": 8, "type": "int", "strategy": strategy})
+    assert (q.method, q.weight_bits, q.per_channel) == ("int8", 8, per_channel)
+    assert q.source == "compressed-tensors"
+
+
+@pytest.mark.parametrize(
+    ("weights", "group", "zeros"),
+    [
+        ({"group_size": 128, "symmetric": True}, 128, False),
+        ({"group_size": 64, "symmetric": False}, 64, True),
+        ({"group_size": 0}, None, False),
+        ({"group_size": "128"}, None, False),
+        ({}, None, False),
+    ],
+)
+def test_compressed_tensors_int4(weights: dict[str, Any], group: int | None, zeros: bool) -> None:
+    q = _ct({"num_bits": 4, "type": "int", "strategy": "group", **weights})
+    assert (q.method, q.weight_bits, q.group_size, q.has_zeros) == ("gptq", 4, group, zeros)
+    assert q.has_g_idx is False
+    assert q.source == "compressed-tensors"
+
+
+def test_compressed_tensors_unmodelled_scheme_is_unknown_and_named() -> None:
+    q = _ct({"num_bits": 4, "type": "float"})
+    assert (q.method, q.weight_bits) == ("unknown", 16)
+    assert q.source == "compressed-tensors float4"
+
+
+def test_compressed_tensors_takes_the_first_group_with_weights() -> None:
+    raw = _raw("llama-3-8b")
+    raw["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "config_groups": {
+            "no_weights": {"targets": ["Linear"], "input_activations": {"num_bits": 8}},
+            "bad": "not a group",
+            "w8": {"weights": {"num_bits": 8, "type": "int", "strategy": "channel"}},
+            "w4": {"weights": {"num_bits": 4, "type": "int"}},
+        },
+    }
+    assert parse_model_config(raw).quantization.method == "int8"
+    raw["quantization_config"]["config_groups"] = ["not", "a", "mapping"]
+    assert parse_model_config(raw).quantization.source == "compressed-tensors NoneNone"
+
+
+def test_compressed_tensors_weights_shrink_the_plan() -> None:
+    """An fp8 compressed-tensors checkpoint plans like the same model in fp8."""
+    raw = _raw("llama-3-8b")
+    kw: dict[str, Any] = {"gpu_memory_gib": 80, "gpus_per_node": 1, "max_model_len": 2048}
+    dense = make_plan(parse_model_config(raw), max_num_seqs=64, **kw)
+    raw["quantization_config"] = {
+        "quant_method": "compressed-tensors",
+        "config_groups": {
+            "g": {"weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}
+        },
+    }
+    fp8 = make_plan(parse_model_config(raw), max_num_seqs=64, **kw)
+    assert fp8.weight_bytes < 0.6 * dense.weight_bytes
+    assert fp8.quantization == "fp8 (per-channel scales)"
+
+
+# ---------------------------------------------------------------------------------------
+# Expert parallel refusals name the config key of the model family
+
+
+@pytest.mark.parametrize(
+    ("name", "key"), [("mixtral-8x7b", "num_local_experts"), ("qwen3-30b-a3b", "num_experts")]
+)
+def test_expert_parallel_refusal_names_the_family_key(name: str, key: str) -> None:
+    model = cfg(name)
+    assert model.num_experts
+    tp = next(t for t in (3, 5, 6, 7, 9) if model.num_experts % t)
+    problems = tp_problems(model, tp, ep=True)
+    assert any(p.startswith(f"{key} {model.num_experts} is not divisible") for p in problems), (
+        problems
+    )
