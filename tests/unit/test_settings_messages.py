@@ -1,0 +1,343 @@
+"""What a user sees for a bad stack config, found by `make mutation`: the refusal names the
+key, what to set instead, and the keys that are valid there; values that are fine pass.
+
+(The rules themselves are tested in test_settings*.py; these pin the guidance the design
+promises — "errors name the key and the fix" — and the accepted spellings next to each
+refused one.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from components.settings import SettingsError, load_settings
+from components.settings_checks import check_env_name, check_env_value, check_extra_arg
+from tests.unit.test_settings import ALL_SECRETS, valid_raw
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+
+
+def problems(change: Callable[[dict[str, Any]], object]) -> dict[str, str]:
+    raw = valid_raw()
+    change(raw)
+    with pytest.raises(SettingsError) as err:
+        load_settings(raw, ALL_SECRETS)
+    return {p.path: p.message for p in err.value.problems}
+
+
+def loads(change: Callable[[dict[str, Any]], object]) -> Any:
+    raw = valid_raw()
+    change(raw)
+    return load_settings(raw, ALL_SECRETS)
+
+
+def setter(value: Any, *path: str | int) -> Callable[[dict[str, Any]], None]:
+    def change(raw: dict[str, Any]) -> None:
+        target: Any = raw
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return change
+
+
+# ---------------------------------------------------------------------------------------
+# Unknown keys: "did you mean", the valid keys of that very object, the secret to use
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [
+        (
+            lambda r: r["hosts"][0]["gpus"].update(modle="x"),
+            "hosts[0].gpus.modle",
+            "unknown key 'modle'; did you mean 'model'? (valid keys here: count, memory_gib, "
+            "model)",
+        ),
+        (  # inside an optional object of a list item
+            lambda r: r["hosts"][0]["storage"].update(devcie="x"),
+            "hosts[0].storage.devcie",
+            "unknown key 'devcie'; did you mean 'device'? (valid keys here: allow_format, "
+            "device, filesystem, mount_point)",
+        ),
+        (  # inside an optional object of an object
+            lambda r: r["ssh"].update(
+                bastion={"address": "10.0.0.9", "host_key": HOST_KEY, "adress": "x"}
+            ),
+            "ssh.bastion.adress",
+            "unknown key 'adress'; did you mean 'address'? (valid keys here: address, "
+            "host_key, port, user)",
+        ),
+        (
+            lambda r: r["serving"].update(infiniband={"hcaa": "mlx5_0"}),
+            "serving.infiniband.hcaa",
+            "unknown key 'hcaa'; did you mean 'hca'? (valid keys here: enabled, hca)",
+        ),
+        (  # nothing close: the valid keys only
+            lambda r: r["hosts"][1].update(zzz=1),
+            "hosts[1].zzz",
+            "unknown key 'zzz' (valid keys here: address, gpus, host_key, name, nic, port, "
+            "storage, user)",
+        ),
+    ],
+)
+def test_unknown_key_names_the_close_key_and_the_valid_ones(
+    change: Callable[[dict[str, Any]], object], path: str, message: str
+) -> None:
+    assert problems(change) == {path: message}
+
+
+API_HINT = (
+    "the API key is the secret vllm-cluster:apiKey "
+    "(`pulumi config set --secret vllm-cluster:apiKey <key>`)"
+)
+SSH_HINT = (
+    "an SSH key goes in ssh.private_key_file (a path) or the secret vllm-cluster:sshPrivateKey "
+    "(`pulumi config set --secret vllm-cluster:sshPrivateKey < ~/.ssh/id_ed25519`)"
+)
+HUB_HINT = (
+    "hub tokens are the secret vllm-cluster:hubToken "
+    "(`pulumi config set --secret vllm-cluster:hubToken <token>`)"
+)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "hint"),
+    [
+        ("serving", "api_key", API_HINT),
+        ("serving", "API-KEY", API_HINT),
+        ("model", "hub_token", HUB_HINT),
+        ("model", "password", HUB_HINT),
+        ("ssh", "ssh_key", SSH_HINT),
+        ("model", "key", SSH_HINT),
+        ("model", "Private-Key", SSH_HINT),
+        ("image", "privatekey_pem", SSH_HINT),
+    ],
+)
+def test_a_secret_written_as_a_key_is_pointed_to_its_secret(
+    section: str, key: str, hint: str
+) -> None:
+    found = problems(lambda r: r[section].update({key: "x"}))
+    message = found[f"{section}.{key}"]
+    assert message.startswith(f"unknown key {key!r}; {hint} (valid keys here: "), message
+
+
+def test_an_unknown_key_that_is_no_secret_gets_no_secret_hint() -> None:
+    message = problems(lambda r: r["model"].update(monkey="x"))["model.monkey"]
+    assert "secret" not in message
+    assert message.startswith("unknown key 'monkey' (valid keys here: config_file, ")
+
+
+# ---------------------------------------------------------------------------------------
+# Missing keys: what the key is and where to set it
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "message"),
+    [
+        (
+            lambda r: r["hosts"][0]["gpus"].pop("memory_gib"),
+            "hosts[0].gpus.memory_gib",
+            "is required (memory per GPU: the label (96 for a 96 GB H20) or nvidia-smi "
+            "memory.total/1024; the planner counts 99% of it as what CUDA can use); set "
+            "hosts[0].gpus.memory_gib in Pulumi.<stack>.yaml",
+        ),
+        (
+            lambda r: r["hosts"][1].pop("name"),
+            "hosts[1].name",
+            "is required (unique name, [a-z0-9-], used in resource names); set hosts[1].name "
+            "in Pulumi.<stack>.yaml",
+        ),
+        (
+            lambda r: r.pop("model"),
+            "model",
+            "is required (the model: id, source, path, config_file, ...); set "
+            "vllm-cluster:model in Pulumi.<stack>.yaml",
+        ),
+        (
+            lambda r: r["hosts"][0]["storage"].pop("filesystem"),
+            "hosts[0].storage.filesystem",
+            "is required (xfs or ext4); set hosts[0].storage.filesystem in Pulumi.<stack>.yaml",
+        ),
+        (
+            lambda r: r["ssh"].update(bastion={"user": "jump"}),
+            "ssh.bastion.address",
+            "is required",  # a key without a description: no empty parentheses
+        ),
+    ],
+)
+def test_missing_key_says_what_it_is_and_where_to_set_it(
+    change: Callable[[dict[str, Any]], object], path: str, message: str
+) -> None:
+    assert problems(change)[path] == message
+
+
+# ---------------------------------------------------------------------------------------
+# Value rules: the accepted spelling next to each refused one
+
+
+def test_revisions() -> None:
+    for good in ("main", "V1.0", "refs/pr/1", "a1b2C3d4", "release_2024-01"):
+        assert loads(setter(good, "model", "revision")).model.revision == good
+    for bad in ("v1..2", "../main", "-rf", ".hidden", "a b"):
+        message = problems(setter(bad, "model", "revision"))["model.revision"]
+        assert message == (
+            "must be a branch, tag or commit (letters, digits and . _ / -, not starting with "
+            f". / or -, no '..'), got {bad!r}"
+        )
+
+
+def test_devices_by_id_and_by_path_are_accepted() -> None:
+    for device in (
+        "/dev/disk/by-id/nvme-Samsung_SSD_980_PRO_2TB_S6B0NL0T",
+        "/dev/disk/by-path/pci-0000:3b:00.0-nvme-1",
+        "/dev/nvme1n1",
+    ):
+        s = loads(setter(device, "hosts", 0, "storage", "device"))
+        assert s.hosts[0].storage is not None and s.hosts[0].storage.device == device
+    message = problems(lambda r: r["hosts"][0]["storage"].update(device="/dev/sd a"))
+    assert message == {
+        "hosts[0].storage.device": "must be a block device path under /dev (e.g. /dev/nvme1n1), "
+        "got '/dev/sd a'"
+    }
+
+
+@pytest.mark.parametrize("inside", ["/proc/data", "/sys/fs/data", "/run/data", "/boot/x"])
+def test_mount_point_inside_a_kernel_filesystem(inside: str) -> None:
+    found = problems(lambda r: r["hosts"][0]["storage"].update(mount_point=inside))
+    assert found == {
+        "hosts[0].storage.mount_point": f"{inside} is inside a kernel or runtime filesystem; "
+        "mount the data disk elsewhere (e.g. /data01)"
+    }
+
+
+def test_mount_point_next_to_a_kernel_filesystem_is_fine() -> None:
+    s = loads(lambda r: r["hosts"][0]["storage"].update(mount_point="/procdata"))
+    assert s.hosts[0].storage is not None and s.hosts[0].storage.mount_point == "/procdata"
+
+
+def test_registry_mirror_is_written_without_its_trailing_slash() -> None:
+    s = loads(
+        lambda r: r.update(
+            docker={"registry_mirrors": ["https://mirror.example.com/", "http://10.0.0.5:5000"]}
+        )
+    )
+    assert s.docker.registry_mirrors == ("https://mirror.example.com", "http://10.0.0.5:5000")
+    found = problems(
+        lambda r: r.update(docker={"registry_mirrors": ["https://user:pw@mirror.example.com"]})
+    )
+    assert found == {
+        "docker.registry_mirrors[0]": "must not carry credentials; tokens go in the secret "
+        "vllm-cluster:hubToken"
+    }
+
+
+def test_host_key_refusal_says_how_to_get_one() -> None:
+    found = problems(lambda r: r["hosts"][0].update(host_key="AAAAC3Nza"))
+    assert found == {
+        "hosts[0].host_key": "must be an OpenSSH public host key line like 'ssh-ed25519 "
+        "AAAAC3...' (from `ssh-keyscan -t ed25519 <address>`)"
+    }
+
+
+@pytest.mark.parametrize(("given", "write"), [(0.4, 1), (1.5, 2), (2.6, 3)])
+def test_fractional_shm_size_suggests_a_whole_number(given: float, write: int) -> None:
+    found = problems(lambda r: r["serving"].update(shm_size_gib=given))
+    assert found["serving.shm_size_gib"].endswith(f"got {given!r}; write {write}")
+
+
+def test_gloo_interface_defaults_to_the_hosts_nic() -> None:
+    s = loads(lambda r: r["hosts"][1].update(nic="ens5"))
+    assert [s.gloo_ifname(h) for h in s.hosts] == ["eth0", "ens5"]
+    s = loads(lambda r: r["serving"].update(gloo_socket_ifname="ib0"))
+    assert [s.gloo_ifname(h) for h in s.hosts] == ["ib0", "ib0"]
+
+
+# ---------------------------------------------------------------------------------------
+# serving.extra_args / extra_env: the refusal names the flag vLLM reads and where to set it
+
+
+def refusal(word: str) -> str:
+    with pytest.raises(ValueError) as err:
+        check_extra_arg(word)
+    return str(err.value)
+
+
+DATA_PARALLEL = (
+    "is not allowed here: data parallelism is not planned by this program (it places one "
+    "TP x PP replica on the hosts)"
+)
+
+
+@pytest.mark.parametrize(
+    ("word", "message"),
+    [
+        ("--port=9000", "'--port' is set by the program from serving.port; set it there instead"),
+        (
+            "--max_num_seqs",
+            "'--max_num_seqs' (vLLM reads it as --max-num-seqs) is set by the program from "
+            "serving.max_num_seqs; set it there instead",
+        ),
+        (
+            "--nn",
+            "'--nn' (vLLM reads it as --nnodes) is owned by the program: the program sets it "
+            "from the plan (the number of hosts that serve)",
+        ),
+        (
+            "--uds",
+            "'--uds' is not allowed here: the API must listen on serving.port, where the "
+            "readiness gate and clients look",
+        ),
+        ("--data-parallel-size-local", f"'--data-parallel-size-local' {DATA_PARALLEL}"),
+        ("--no-data-parallel-hybrid-lb", f"'--no-data-parallel-hybrid-lb' {DATA_PARALLEL}"),
+        ("--data-par=2", f"'--data-par' (vLLM reads it as --data-parallel-size) {DATA_PARALLEL}"),
+        ("-dp", f"'-dp' (vLLM reads it as --data-parallel-size) {DATA_PARALLEL}"),
+    ],
+)
+def test_owned_flag_refusal_names_the_flag_and_the_key(word: str, message: str) -> None:
+    assert refusal(word) == message
+
+
+@pytest.mark.parametrize("word", ["--e", "--m", "--h"])
+def test_short_ambiguous_words_are_left_to_vllm(word: str) -> None:
+    """Three characters cannot abbreviate one flag (vLLM refuses them as ambiguous itself)."""
+    assert check_extra_arg(word) == word
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "1BAD",
+            "'1BAD' is not a valid environment variable name (letters, digits and _, not "
+            "starting with a digit)",
+        ),
+        (
+            "VLLM_HOST_IP",
+            "VLLM_HOST_IP is set by the program from hosts[].address; set that instead",
+        ),
+        (
+            "RAY_USAGE_STATS_ENABLED",
+            "RAY_USAGE_STATS_ENABLED is set by the program on every node to 0",
+        ),
+    ],
+)
+def test_env_name_refusal_says_who_sets_it(name: str, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        check_env_name(name)
+    assert str(err.value) == message
+
+
+def test_env_values() -> None:
+    for fine in ("XX", "a=b c", "MAX_JOBS", "\t"):
+        assert check_env_value(fine) == fine
+    for bad in ("a\nb", "a\rb", "a\0b"):
+        with pytest.raises(ValueError) as err:
+            check_env_value(bad)
+        assert str(err.value) == (
+            f"must be one line without NUL: the value {bad!r} would split the container's "
+            "environment"
+        )
