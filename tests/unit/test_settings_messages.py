@@ -341,3 +341,79 @@ def test_env_values() -> None:
             f"must be one line without NUL: the value {bad!r} would split the container's "
             "environment"
         )
+
+
+# ---------------------------------------------------------------------------------------
+# Wrong shapes: said in YAML terms, with the value given (scalars only), every one at once
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        (setter({"a": 1}, "hosts"), {"hosts": "must be a list (YAML `- item` lines)"}),
+        (setter([], "hosts"), {"hosts": "must have at least 1 item(s)"}),
+        # the item says what is wrong; no second "at least 1 item" for the dropped item
+        (setter(["x"], "hosts"), {"hosts[0]": "must be a mapping of keys to values (got 'x')"}),
+        (setter("abc", "serving"), {"serving": "must be a mapping of keys to values (got 'abc')"}),
+        (
+            setter("x", "serving", "extra_env"),
+            {"serving.extra_env": "must be a mapping of keys to values (got 'x')"},
+        ),
+        (
+            setter({"registry_mirrors": "http://x"}, "docker"),
+            {"docker.registry_mirrors": "must be a list (YAML `- item` lines) (got 'http://x')"},
+        ),
+        (
+            setter({"1BAD": "x"}, "serving", "extra_env"),
+            {
+                "serving.extra_env['1BAD']": "'1BAD' is not a valid environment variable name "
+                "(letters, digits and _, not starting with a digit)"
+            },
+        ),
+        (
+            setter([{"a": 1}], "serving", "extra_args"),
+            {"serving.extra_args[0]": "input should be a valid string"},
+        ),
+        (
+            setter([None], "serving", "extra_args"),
+            {"serving.extra_args[0]": "input should be a valid string (got None)"},
+        ),
+        (
+            setter("abc", "serving", "port"),
+            {
+                "serving.port": "input should be a valid integer, unable to parse string as an "
+                "integer (got 'abc')"
+            },
+        ),
+    ],
+)
+def test_wrong_shape_is_said_in_yaml_terms(
+    change: Callable[[dict[str, Any]], None], found: dict[str, str]
+) -> None:
+    assert problems(change) == found
+
+
+def test_yaml_numbers_in_extra_args_become_words_and_booleans_do_not() -> None:
+    s = loads(setter(["--seed", 7, "--swap-space", 1.5], "serving", "extra_args"))
+    assert s.serving.extra_args == ("--seed", "7", "--swap-space", "1.5")
+    found = problems(setter(["--enforce-eager", True], "serving", "extra_args"))
+    assert list(found) == ["serving.extra_args[1]"]
+
+
+def test_every_kind_of_problem_is_reported_in_one_pass() -> None:
+    def change(r: dict[str, Any]) -> None:
+        r["serving"].update(zz=1, yy=2, port="abc")
+        r["hosts"][0]["gpus"].pop("count")
+        r["hosts"][1].pop("gpus")
+        r["model"]["revision"] = ".."
+        r["image"] = "x"
+
+    assert sorted(problems(change)) == [
+        "hosts[0].gpus.count",
+        "hosts[1].gpus",
+        "image",
+        "model.revision",
+        "serving.port",
+        "serving.yy",
+        "serving.zz",
+    ]
