@@ -153,6 +153,15 @@ def test_kv_shortfall_message_adds_up_and_its_max_num_seqs_is_the_largest_that_f
     assert "The weights alone do not fit" not in msg
 
 
+def test_shortfall_that_leaves_room_for_exactly_one_sequence_suggests_one() -> None:
+    kw: dict[str, Any] = {"gpu_memory_gib": 24, "gpus_per_node": 1, "max_model_len": 8192}
+    model = cfg("llama-3-8b")
+    with pytest.raises(PlanError) as err:
+        make_plan(model, **kw)
+    assert "lower max_num_seqs to 1, lower max_model_len" in str(err.value)
+    assert _fits(model, max_num_seqs=1, **kw) is not None
+
+
 def test_shortfall_names_the_fullest_stage_of_a_pipeline() -> None:
     kw: dict[str, Any] = {
         "gpu_memory_gib": 24,
@@ -270,8 +279,19 @@ def test_table_reports_the_plans_numbers_r1_two_nodes_expert_parallel() -> None:
     )
     lines = text.splitlines()
     header = lines.index("Per GPU (GiB, every GPU of a stage holds the same):")
-    columns = lines[header + 1].split()
-    assert columns[:4] == ["stage", "layers", "GPUs", "(node:gpu)"]
+    assert lines[header + 1].split() == [
+        "stage",
+        "layers",
+        "GPUs",
+        "(node:gpu)",
+        "weights",
+        "reserve",
+        "kv_need",
+        "budget",
+        "free",
+        "kv_cache",
+        "kv_tokens",
+    ]
     stage_rows = lines[header + 2 : header + 2 + len(plan.stages)]
     for line, s, node in zip(stage_rows, plan.stages, (0, 1), strict=True):
         cells = line.split()
@@ -307,7 +327,28 @@ def test_table_of_a_dense_model_without_checkpoint_size() -> None:
     assert plan.parameters
     assert rows["Parameters"] == f"{plan.parameters / 1e9:.2f} B loaded"
     assert rows["Weights"] == f"{_gib(plan.weight_bytes)} GiB loaded (size from config.json)"
-    assert "expert parallel" not in rows["Layout"]
+    assert rows["Layout"] == (
+        "TP 1 x PP 1 on 1 node(s) x 1 GPUs (fewest nodes that fit; TP 1 inside nodes, PP 1)"
+    )
+
+
+def test_table_of_an_unmodelled_architecture_says_so() -> None:
+    raw = _raw("llama-3-8b")
+    raw["architectures"] = ["SomethingNewForCausalLM"]
+    raw["model_type"] = "something_new"
+    model = parse_model_config(raw)
+    plan = make_plan(
+        model,
+        gpu_memory_gib=80,
+        gpus_per_node=1,
+        max_model_len=2048,
+        max_num_seqs=8,
+        checkpoint_bytes=16 * 10**9,
+        checkpoint_source="serving.weights_bytes",
+    )
+    rows = _table_rows(plan.table())
+    assert rows["Parameters"] == "unknown (architecture not modelled)"
+    assert rows["Weights"].endswith(", checkpoint 16.00 GB (size from serving.weights_bytes)")
 
 
 # ---------------------------------------------------------------------------------------

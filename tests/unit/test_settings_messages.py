@@ -417,3 +417,58 @@ def test_every_kind_of_problem_is_reported_in_one_pass() -> None:
         "serving.yy",
         "serving.zz",
     ]
+
+
+@pytest.mark.parametrize(
+    ("word", "message"),
+    [
+        (
+            "--api-key=c2stdGVzdA==",  # a base64 key ends with '='
+            "'--api-key' is set by the program from the secret vllm-cluster:apiKey (on the "
+            "command line the key would show in `ps` and in Pulumi state); set it there instead",
+        ),
+        (  # vLLM reads the flag name up to the first '.' (--flag.sub=value)
+            "--max-model-len.a.b=1",
+            "'--max-model-len.a.b' (vLLM reads it as --max-model-len) is set by the program "
+            "from serving.max_model_len; set it there instead",
+        ),
+        (
+            "-tp=4=1",
+            "'-tp' (vLLM reads it as --tensor-parallel-size) is set by the program from "
+            "serving.tensor_parallel_size; set it there instead",
+        ),
+        (
+            "-t",
+            "'-t' (vLLM reads it as --tensor-parallel-size) is set by the program from "
+            "serving.tensor_parallel_size; set it there instead",
+        ),
+        (
+            "-n2",
+            "'-n2' (vLLM reads it as --nnodes) is owned by the program: the program sets it "
+            "from the plan (the number of hosts that serve)",
+        ),
+        (
+            "--served-model-name a b",
+            "'--served-model-name a b' is a flag and its value in one word, which vLLM does not "
+            "read as the flag (it becomes the model name); give them as two items "
+            "('--served-model-name', then the value) or as one '--served-model-name=VALUE'",
+        ),
+        (
+            "--",
+            "'--' would end vLLM's options: the flags the program adds after the extra args "
+            "would be read as positional words",
+        ),
+        (
+            "--seed\x7f",
+            "contains a control character (NUL, newline, tab, ...): '--seed\\x7f'; each list "
+            "item is one command-line word",
+        ),
+    ],
+)
+def test_extra_arg_refusal_reads_the_word_as_vllm_does(word: str, message: str) -> None:
+    assert refusal(word) == message
+
+
+@pytest.mark.parametrize("word", ["-1", "-2.5e-3", "-1E5", "value-with=signs", "--seed=-1"])
+def test_values_and_unowned_flags_pass(word: str) -> None:
+    assert check_extra_arg(word) == word
