@@ -27,7 +27,16 @@ from components.plan.model_config import (
     parse_model_config,
 )
 from components.plan.model_shapes import tp_problems
-from components.plan.sizing import GIB, USABLE_FRACTION, Plan, PlanError, make_plan
+from components.plan.sizing import (
+    GIB,
+    USABLE_FRACTION,
+    Plan,
+    PlanError,
+    make_plan,
+    plan_from_settings,
+)
+from components.settings import load_settings
+from tests.unit.test_settings import ALL_SECRETS, valid_raw
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "model_configs"
@@ -471,3 +480,32 @@ def test_expert_parallel_refusal_names_the_family_key(name: str, key: str) -> No
     assert any(p.startswith(f"{key} {model.num_experts} is not divisible") for p in problems), (
         problems
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Every planning key of the stack config reaches the plan
+
+
+def test_every_planning_setting_reaches_the_plan() -> None:
+    raw = valid_raw()
+    raw["model"]["config_file"] = str(R1_CONFIG)
+    raw["model"]["weights_bytes"] = 700 * 10**9
+    raw["serving"] = {
+        "max_model_len": 4096,
+        "max_num_seqs": 32,
+        "gpu_memory_utilization": 0.85,
+        "kv_cache_dtype": "fp8",
+        "tensor_parallel_size": 8,
+        "pipeline_parallel_size": 2,
+        "reserve_gib": 6,
+        "expert_parallel": True,
+    }
+    plan = plan_from_settings(load_settings(raw, ALL_SECRETS))
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.nodes) == (8, 2, 2)
+    assert (plan.max_model_len, plan.max_num_seqs) == (4096, 32)
+    assert (plan.gpu_memory_utilization, plan.kv_cache_dtype) == (0.85, "fp8")
+    assert plan.expert_parallel is True
+    assert plan.checkpoint_bytes == 700 * 10**9
+    assert plan.weight_bytes_source == "weights_bytes"
+    assert {s.reserve_bytes for s in plan.stages} == {6 * GIB}
+    assert {s.budget_bytes for s in plan.stages} == {int(96 * USABLE_FRACTION * 0.85 * GIB)}
