@@ -509,3 +509,86 @@ def test_every_planning_setting_reaches_the_plan() -> None:
     assert plan.weight_bytes_source == "weights_bytes"
     assert {s.reserve_bytes for s in plan.stages} == {6 * GIB}
     assert {s.budget_bytes for s in plan.stages} == {int(96 * USABLE_FRACTION * 0.85 * GIB)}
+
+
+def test_the_exported_plan_carries_the_plans_own_values() -> None:
+    """to_dict is the `plan` stack output and the CLI's --json: every value is the plan's."""
+    plan = make_plan(
+        load_model_config(R1_CONFIG),
+        gpu_memory_gib=96,
+        gpus_per_node=8,
+        max_nodes=3,
+        max_model_len=2048,
+        expert_parallel=True,
+        checkpoint_bytes=688_586_727_753,
+        checkpoint_source="index",
+    )
+    d = json.loads(json.dumps(plan.to_dict()))
+    same = [
+        "architecture",
+        "family",
+        "quantization",
+        "parameters",
+        "parameters_checkpoint",
+        "weight_bytes",
+        "checkpoint_bytes",
+        "weight_bytes_source",
+        "kv_cache_dtype",
+        "kv_cache_bytes_per_token",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "nodes",
+        "max_nodes",
+        "gpus_per_node",
+        "gpus_used",
+        "gpu_memory_gib",
+        "gpu_memory_utilization",
+        "max_model_len",
+        "max_num_seqs",
+        "reserve_gib",
+        "kv_cache_tokens",
+        "max_concurrency",
+        "seed_estimate_gb",
+        "seed_nodes",
+        "ready_timeout_s",
+        "expert_parallel",
+    ]
+    for key in same:
+        assert d[key] == getattr(plan, key), key
+    assert d["model"] == plan.model_summary
+    assert d["layout"] == plan.layout_reason
+    assert d["notes"] == list(plan.notes) and d["notes"]
+    assert d["gpu_memory_gib_effective"] == round(plan.gpu_memory_gib_effective, 2)
+    assert (d["max_nodes"], d["nodes"], d["gpus_used"]) == (3, 2, 16)
+    assert d["stages"] == [
+        {
+            "stage": s.stage,
+            "layers": [s.layer_start, s.layer_end],
+            "weights_gib": round(s.weights_bytes / GIB, 2),
+            "kv_bytes_per_token": s.kv_bytes_per_token,
+            "kv_tokens": s.kv_tokens,
+        }
+        for s in plan.stages
+    ]
+    assert len(d["per_gpu"]) == 16
+    for g, row in zip(plan.per_gpu, d["per_gpu"], strict=True):
+        s = g.stage
+        assert row == {
+            "node": g.node,
+            "gpu": g.gpu,
+            "stage": s.stage,
+            "tp_rank": g.tp_rank,
+            "weights_gib": round(s.weights_bytes / GIB, 2),
+            "reserve_gib": round(s.reserve_bytes / GIB, 2),
+            "kv_gib": round(s.kv_needed_bytes / GIB, 2),
+            "free_gib": round(s.free_bytes / GIB, 2),
+            "budget_gib": round(s.budget_bytes / GIB, 2),
+            "kv_cache_gib": round(s.kv_cache_bytes / GIB, 2),
+        }
+    # GPU 8 is the first GPU of node 1, stage 1, TP rank 0; and fractions are kept
+    assert (d["per_gpu"][8]["node"], d["per_gpu"][8]["gpu"], d["per_gpu"][8]["tp_rank"]) == (
+        1,
+        0,
+        0,
+    )
+    assert d["per_gpu"][0]["weights_gib"] != int(d["per_gpu"][0]["weights_gib"])

@@ -472,3 +472,64 @@ def test_extra_arg_refusal_reads_the_word_as_vllm_does(word: str, message: str) 
 @pytest.mark.parametrize("word", ["-1", "-2.5e-3", "-1E5", "value-with=signs", "--seed=-1"])
 def test_values_and_unowned_flags_pass(word: str) -> None:
     assert check_extra_arg(word) == word
+
+
+# ---------------------------------------------------------------------------------------
+# Host addresses
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        (
+            "::1",
+            "'::1' is an IPv6 address, which is not supported yet (the ssh://, ssh -J, Ray and "
+            "endpoint URLs the program writes do not bracket it); use an IPv4 address or a DNS "
+            "name",
+        ),
+        (
+            "0.0.0.0",
+            "'0.0.0.0' is the unspecified address (it means 'any' to a listener and reaches "
+            "nothing); give the host's own IPv4 address",
+        ),
+        ("224.0.0.1", "'224.0.0.1' is a multicast/broadcast address, not a host's address"),
+        (
+            "255.255.255.255",
+            "'255.255.255.255' is a multicast/broadcast address, not a host's address",
+        ),
+        ("240.0.0.1", "'240.0.0.1' is in a reserved range (240.0.0.0/4), not a host's"),
+        (
+            "gpu-1:22",
+            "'gpu-1:22' looks like an IPv6 address (or carries a scope id), which is not "
+            "supported yet; use an IPv4 address or a DNS name",
+        ),
+        (
+            "gpu%eth0",
+            "'gpu%eth0' looks like an IPv6 address (or carries a scope id), which is not "
+            "supported yet; use an IPv4 address or a DNS name",
+        ),
+        ("1.2.3", "must be an IPv4 address or a DNS name, got '1.2.3'"),
+    ],
+)
+def test_address_refusals(address: str, message: str) -> None:
+    assert problems(setter(address, "hosts", 1, "address")) == {"hosts[1].address": message}
+
+
+@pytest.mark.parametrize("address", ["gpu-02.example.com", "gpu-02.example.com.", "h20-2"])
+def test_dns_names_are_addresses(address: str) -> None:
+    assert loads(setter(address, "hosts", 1, "address")).hosts[1].address == address
+
+
+@pytest.mark.parametrize("address", ["localhost", "LocalHost.", "gpu.localhost", "127.0.0.2"])
+def test_loopback_names_are_refused_across_hosts(address: str) -> None:
+    found = problems(setter(address, "hosts", 1, "address"))
+    assert found == {
+        "hosts[1].address": f"{address!r} is a loopback address: the other hosts would reach "
+        "themselves at it (Ray, NCCL/GLOO and the rendezvous use it between nodes); give the "
+        "host's address on the cluster network"
+    }
+
+
+@pytest.mark.parametrize("address", ["mylocalhost", "localhost-gpu.example.com"])
+def test_names_that_only_contain_localhost_are_not_loopback(address: str) -> None:
+    assert loads(setter(address, "hosts", 1, "address")).hosts[1].address == address
