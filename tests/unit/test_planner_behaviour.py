@@ -592,3 +592,52 @@ def test_the_exported_plan_carries_the_plans_own_values() -> None:
         0,
     )
     assert d["per_gpu"][0]["weights_gib"] != int(d["per_gpu"][0]["weights_gib"])
+
+
+def _r1_settings(**serving: Any) -> Any:
+    raw = valid_raw()
+    raw["model"]["config_file"] = str(R1_CONFIG)
+    raw["serving"] = {"max_model_len": 2048, **serving}
+    return raw
+
+
+def test_a_plan_error_from_settings_names_the_key_or_says_plan() -> None:
+    raw = _r1_settings(tensor_parallel_size=3)
+    with pytest.raises(PlanError) as err:
+        plan_from_settings(load_settings(raw, ALL_SECRETS))
+    assert str(err.value).startswith("serving.tensor_parallel_size: ")
+    assert err.value.field == "tensor_parallel_size"
+    raw = _r1_settings(max_num_seqs=100_000)
+    with pytest.raises(PlanError) as err:
+        plan_from_settings(load_settings(raw, ALL_SECRETS))
+    assert str(err.value).startswith("plan: does not fit on 2 node(s) of 8 GPUs")
+    assert err.value.field is None
+
+
+def test_hosts_the_plan_leaves_out_are_named_and_none_when_all_serve() -> None:
+    raw = _r1_settings()
+    for n in (3, 4):
+        raw["hosts"].append(
+            {
+                "name": f"h20-{n}",
+                "address": f"192.168.0.{n + 1}",
+                "gpus": {"count": 8, "model": "NVIDIA H20", "memory_gib": 96},
+            }
+        )
+    plan = plan_from_settings(load_settings(raw, ALL_SECRETS))
+    assert plan.nodes == 2
+    assert plan.notes[-1] == (
+        "serving uses the first 2 of 4 hosts (fewest nodes that fit); not serving: h20-3, h20-4"
+    )
+    all_serve = plan_from_settings(load_settings(_r1_settings(), ALL_SECRETS))
+    assert all_serve.nodes == 2
+    assert not any("not serving" in n for n in all_serve.notes)
+
+
+def test_a_relative_config_file_resolves_against_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    raw = _r1_settings()
+    raw["model"]["config_file"] = "models/deepseek-r1/config.json"
+    monkeypatch.chdir(REPO)
+    assert plan_from_settings(load_settings(raw, ALL_SECRETS)).nodes == 2

@@ -515,7 +515,9 @@ def test_address_refusals(address: str, message: str) -> None:
     assert problems(setter(address, "hosts", 1, "address")) == {"hosts[1].address": message}
 
 
-@pytest.mark.parametrize("address", ["gpu-02.example.com", "gpu-02.example.com.", "h20-2"])
+@pytest.mark.parametrize(
+    "address", ["gpu-02.example.com", "gpu-02.example.com.", "h20-2", "GPU-02.Example.COM"]
+)
 def test_dns_names_are_addresses(address: str) -> None:
     assert loads(setter(address, "hosts", 1, "address")).hosts[1].address == address
 
@@ -533,3 +535,13 @@ def test_loopback_names_are_refused_across_hosts(address: str) -> None:
 @pytest.mark.parametrize("address", ["mylocalhost", "localhost-gpu.example.com"])
 def test_names_that_only_contain_localhost_are_not_loopback(address: str) -> None:
     assert loads(setter(address, "hosts", 1, "address")).hosts[1].address == address
+
+
+def test_host_paths_keep_their_case_and_take_no_colon() -> None:
+    s = loads(setter("/data01/DeepSeek-R1", "model", "path"))
+    assert s.model.path == "/data01/DeepSeek-R1"
+    found = problems(setter("/data01/model:v1", "model", "path"))
+    assert found == {
+        "model.path": "may only contain letters, digits and . _ / @ + - (it goes into shell "
+        "commands and Docker mounts), got '/data01/model:v1'"
+    }
