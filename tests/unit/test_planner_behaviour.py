@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ from components.plan.sizing import (
     Plan,
     PlanError,
     make_plan,
+    plan_for_config_file,
     plan_from_settings,
 )
 from components.settings import load_settings
@@ -641,3 +643,102 @@ def test_a_relative_config_file_resolves_against_the_working_directory(
     raw["model"]["config_file"] = "models/deepseek-r1/config.json"
     monkeypatch.chdir(REPO)
     assert plan_from_settings(load_settings(raw, ALL_SECRETS)).nodes == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Where the weight size comes from, and models the planner does not model
+
+
+def test_weight_size_source_index_then_shapes(tmp_path: Path) -> None:
+    kw: dict[str, Any] = {"gpu_memory_gib": 96, "gpus_per_node": 8, "max_nodes": 2}
+    r1 = plan_for_config_file(R1_CONFIG, max_model_len=2048, **kw)
+    assert r1.weight_bytes_source == "model.safetensors.index.json metadata.total_size"
+    assert r1.checkpoint_bytes == 688_586_727_753
+    llama = plan_for_config_file(FIXTURES / "llama-3-8b.json", max_model_len=2048, **kw)
+    assert (llama.weight_bytes_source, llama.checkpoint_bytes) == ("config.json shapes", None)
+    # weights_bytes wins, and an index it makes unnecessary is not even read
+    (tmp_path / "config.json").write_text((FIXTURES / "llama-3-8b.json").read_text())
+    (tmp_path / "model.safetensors.index.json").write_text("{not json")
+    given = plan_for_config_file(
+        tmp_path / "config.json", weights_bytes=16 * 10**9, max_model_len=2048, **kw
+    )
+    assert (given.weight_bytes_source, given.checkpoint_bytes) == ("weights_bytes", 16 * 10**9)
+
+
+def _unmodelled() -> ModelConfig:
+    raw = _raw("llama-3-8b")
+    raw["architectures"] = ["SomethingNewForCausalLM"]
+    raw["model_type"] = "something_new"
+    return parse_model_config(raw)
+
+
+def test_an_unmodelled_architecture_needs_its_size_and_spreads_it_evenly() -> None:
+    kw: dict[str, Any] = {"gpu_memory_gib": 80, "gpus_per_node": 4, "max_model_len": 2048}
+    with pytest.raises(PlanError) as err:
+        make_plan(_unmodelled(), **kw)
+    assert err.value.field == "weights_bytes"
+    assert str(err.value) == (
+        "architecture SomethingNewForCausalLM (model_type 'something_new') is not modelled by "
+        "the planner (llama, mistral, qwen2, qwen3, qwen3_moe, mixtral, deepseek_v2, "
+        "deepseek_v3); give the checkpoint size as weights_bytes (safetensors "
+        "metadata.total_size) to plan it anyway"
+    )
+    size = 16 * 10**9
+    plan = make_plan(
+        _unmodelled(),
+        checkpoint_bytes=size,
+        checkpoint_source="weights_bytes",
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        max_num_seqs=8,
+        **kw,
+    )
+    # 32 layers over 2 stages of 16, each stage's share over 2 TP ranks
+    assert [s.weights_bytes for s in plan.stages] == [math.ceil(size * 16 / 32 / 2)] * 2
+    assert plan.notes[0] == (
+        "SomethingNewForCausalLM is not modelled: its 16.00 GB are spread evenly over layers "
+        "and TP ranks, and pipeline-parallel support is unchecked"
+    )
+    uneven = make_plan(
+        _unmodelled(),
+        checkpoint_bytes=size,
+        checkpoint_source="weights_bytes",
+        tensor_parallel_size=1,
+        pipeline_parallel_size=3,
+        max_num_seqs=8,
+        gpu_memory_gib=80,
+        gpus_per_node=3,
+        max_model_len=2048,
+    )
+    assert [s.weights_bytes for s in uneven.stages] == [
+        math.ceil(size * s.layers / 32) for s in uneven.stages
+    ]
+    assert sorted({s.layers for s in uneven.stages}) == [10, 11]
+
+
+def test_an_unmodelled_quantization_needs_the_checkpoint_size() -> None:
+    raw = _raw("llama-3-8b")
+    raw["quantization_config"] = {"quant_method": "bitsandbytes"}
+    with pytest.raises(PlanError) as err:
+        make_plan(parse_model_config(raw), gpu_memory_gib=80, gpus_per_node=1)
+    assert err.value.field == "weights_bytes"
+    assert str(err.value) == (
+        "quantization 'bitsandbytes' is not modelled; give the checkpoint size as weights_bytes "
+        "(or put model.safetensors.index.json next to config.json)"
+    )
+
+
+def test_tied_embeddings_share_one_matrix_only_when_one_stage_holds_both() -> None:
+    """vLLM: with PP the last stage loads its own lm_head from the embedding weights."""
+    untied_raw = _raw("llama-3-8b")
+    tied_raw = {**untied_raw, "tie_word_embeddings": True}
+    kw: dict[str, Any] = {"gpu_memory_gib": 80, "max_model_len": 2048, "max_num_seqs": 8}
+    lm_head = 128_256 * 4096 * 2
+    one = {**kw, "gpus_per_node": 1}
+    untied = make_plan(parse_model_config(untied_raw), **one).stages[0].weights_bytes
+    tied = make_plan(parse_model_config(tied_raw), **one).stages[0].weights_bytes
+    assert untied - tied == lm_head
+    two = {**kw, "gpus_per_node": 2, "tensor_parallel_size": 1, "pipeline_parallel_size": 2}
+    untied_last = make_plan(parse_model_config(untied_raw), **two).stages[-1].weights_bytes
+    tied_last = make_plan(parse_model_config(tied_raw), **two).stages[-1].weights_bytes
+    assert untied_last == tied_last
