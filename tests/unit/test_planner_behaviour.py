@@ -742,3 +742,119 @@ def test_tied_embeddings_share_one_matrix_only_when_one_stage_holds_both() -> No
     untied_last = make_plan(parse_model_config(untied_raw), **two).stages[-1].weights_bytes
     tied_last = make_plan(parse_model_config(tied_raw), **two).stages[-1].weights_bytes
     assert untied_last == tied_last
+
+
+# ---------------------------------------------------------------------------------------
+# Layout: each refusal names every reason, the legal sizes and the key; notes say what is used
+
+
+_LAYOUT: dict[str, Any] = {"gpu_memory_gib": 80, "max_model_len": 2048, "max_num_seqs": 8}
+
+
+def _layout_error(model: ModelConfig, **kw: Any) -> PlanError:
+    with pytest.raises(PlanError) as err:
+        make_plan(model, **{**_LAYOUT, **kw})
+    return err.value
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "llama-3-8b",
+            "tensor_parallel_size 3 is not allowed for LlamaForCausalLM: num_attention_heads 32 "
+            "is not divisible by TP 3; num_key_value_heads 8 is not divisible by TP 3 (legal "
+            "sizes dividing 8 GPUs per node: [1, 2, 4, 8])",
+        ),
+        (
+            "qwen2-7b",
+            "tensor_parallel_size 3 is not allowed for Qwen2ForCausalLM: num_attention_heads 28 "
+            "is not divisible by TP 3; num_key_value_heads 4 is not divisible by TP 3 (legal "
+            "sizes dividing 8 GPUs per node: [1, 2, 4])",
+        ),
+    ],
+)
+def test_an_illegal_tp_lists_every_reason_and_the_legal_sizes(name: str, message: str) -> None:
+    err = _layout_error(cfg(name), gpus_per_node=8, tensor_parallel_size=3)
+    assert (str(err), err.field) == (message, "tensor_parallel_size")
+
+
+def test_auto_tp_note_gives_every_reason_tp_of_the_node_is_refused() -> None:
+    plan = make_plan(cfg("llama-3-8b"), gpus_per_node=6, **_LAYOUT)
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (2, 3)
+    assert plan.notes == (
+        "TP 6 (all GPUs of a node) is not allowed: num_attention_heads 32 is not divisible by "
+        "TP 6; num_key_value_heads 8 is not divisible by TP 6; using TP 2 with PP inside nodes",
+    )
+
+
+def test_a_configured_tp_gets_no_auto_tp_note() -> None:
+    plan = make_plan(cfg("qwen2-7b"), gpus_per_node=8, tensor_parallel_size=4, **_LAYOUT)
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (4, 2)
+    assert plan.layout_reason == "TP as configured; PP fills the nodes"
+    assert plan.notes == ()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message", "field"),
+    [
+        (
+            {"tensor_parallel_size": 16},
+            "no layout is possible on up to 1 node(s) of 8 GPUs: 1 node(s): 8 GPUs are not a "
+            "multiple of TP 16",
+            "tensor_parallel_size",
+        ),
+        (
+            {"pipeline_parallel_size": 3},
+            "no layout is possible on up to 1 node(s) of 8 GPUs: 1 node(s): 8 GPUs are not a "
+            "multiple of PP 3",
+            "pipeline_parallel_size",
+        ),
+        (
+            {"tensor_parallel_size": 8, "pipeline_parallel_size": 2},
+            "tensor_parallel_size 8 x pipeline_parallel_size 2 = 16 GPUs needs 2 nodes of 8 "
+            "GPUs, but only 1 host(s) are configured",
+            "tensor_parallel_size",
+        ),
+        (
+            {"pipeline_parallel_size": 40},
+            "pipeline_parallel_size 40 is not allowed: PP 40 exceeds num_hidden_layers 32 (each "
+            "stage needs a layer)",
+            "pipeline_parallel_size",
+        ),
+    ],
+)
+def test_impossible_layouts_say_why(kw: dict[str, Any], message: str, field: str) -> None:
+    err = _layout_error(cfg("llama-3-8b"), gpus_per_node=8, **kw)
+    assert (str(err), err.field) == (message, field)
+
+
+def test_a_configured_layout_that_fills_the_node_gets_no_note() -> None:
+    full = make_plan(
+        cfg("llama-3-8b"),
+        gpus_per_node=8,
+        tensor_parallel_size=4,
+        pipeline_parallel_size=2,
+        **_LAYOUT,
+    )
+    assert (full.nodes, full.layout_reason, full.notes) == (1, "TP and PP as configured", ())
+    part = make_plan(
+        cfg("llama-3-8b"),
+        gpus_per_node=8,
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        **_LAYOUT,
+    )
+    assert part.notes == ("TP x PP = 4 uses 4 of the node's 8 GPUs",)
+
+
+def test_a_configured_layout_that_does_not_fit_is_described_as_configured() -> None:
+    err = _layout_error(
+        cfg("llama-3-8b"),
+        gpus_per_node=8,
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        gpu_memory_gib=16,
+        max_num_seqs=256,
+    )
+    assert str(err).startswith("does not fit on 1 node(s) of 8 GPUs with TP 2 x PP 2: ")
