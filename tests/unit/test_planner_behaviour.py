@@ -858,3 +858,79 @@ def test_a_configured_layout_that_does_not_fit_is_described_as_configured() -> N
         max_num_seqs=256,
     )
     assert str(err).startswith("does not fit on 1 node(s) of 8 GPUs with TP 2 x PP 2: ")
+
+
+# ---------------------------------------------------------------------------------------
+# make_plan's own input checks (the CLI reaches them without the settings in front)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message", "field"),
+    [
+        ({"gpu_memory_gib": 0}, "gpu_memory_gib must be positive, got 0", "gpu_memory_gib"),
+        ({"gpus_per_node": 0}, "gpus_per_node must be positive, got 0", "gpus_per_node"),
+        ({"max_nodes": 0}, "max_nodes must be positive, got 0", "max_nodes"),
+        ({"max_num_seqs": 0}, "max_num_seqs must be positive, got 0", "max_num_seqs"),
+        (
+            {"gpu_memory_utilization": 0},
+            "gpu_memory_utilization must be in (0, 1], got 0",
+            "gpu_memory_utilization",
+        ),
+        (
+            {"gpu_memory_utilization": 1.5},
+            "gpu_memory_utilization must be in (0, 1], got 1.5",
+            "gpu_memory_utilization",
+        ),
+        (
+            {"kv_cache_dtype": "int4"},
+            "kv_cache_dtype must be one of auto, fp8, fp8_e4m3, fp8_e5m2, got 'int4'",
+            "kv_cache_dtype",
+        ),
+        ({"checkpoint_bytes": 0}, "weights_bytes must be positive, got 0", "weights_bytes"),
+        ({"max_model_len": 0}, "max_model_len must be positive, got 0", "max_model_len"),
+        ({"reserve_gib": -1}, "reserve_gib must not be negative, got -1", "reserve_gib"),
+    ],
+)
+def test_make_plan_refuses_bad_inputs_by_name(kw: dict[str, Any], message: str, field: str) -> None:
+    args: dict[str, Any] = {"gpu_memory_gib": 80, "gpus_per_node": 1, "max_model_len": 2048}
+    with pytest.raises(PlanError) as err:
+        make_plan(cfg("llama-3-8b"), **{**args, **kw})
+    assert (str(err.value), err.value.field) == (message, field)
+
+
+def test_make_plan_accepts_the_edges_of_its_ranges() -> None:
+    args: dict[str, Any] = {"gpus_per_node": 1, "max_num_seqs": 1}
+    full = make_plan(
+        cfg("llama-3-8b"), gpu_memory_gib=80, gpu_memory_utilization=1, max_model_len=1, **args
+    )
+    assert (full.gpu_memory_utilization, full.max_model_len) == (1, 1)
+    tiny = make_plan(
+        _unmodelled(),
+        gpu_memory_gib=80,
+        max_model_len=2048,
+        checkpoint_bytes=1,
+        checkpoint_source="weights_bytes",
+        reserve_gib=0,
+        **args,
+    )
+    assert tiny.checkpoint_bytes == 1
+    assert tiny.stages[0].reserve_bytes == 0
+
+
+def test_a_config_without_a_context_length_needs_max_model_len() -> None:
+    raw = _raw("llama-3-8b")
+    del raw["max_position_embeddings"]
+    with pytest.raises(PlanError) as err:
+        make_plan(parse_model_config(raw), gpu_memory_gib=80, gpus_per_node=1)
+    assert (str(err.value), err.value.field) == (
+        "max_model_len is required: config.json has no max_position_embeddings",
+        "max_model_len",
+    )
+    plan = make_plan(
+        parse_model_config(raw),
+        gpu_memory_gib=80,
+        gpus_per_node=1,
+        max_model_len=4096,
+        max_num_seqs=8,
+    )
+    assert plan.max_model_len == 4096
