@@ -27,7 +27,7 @@ from components.plan.model_config import (
     load_model_config,
     parse_model_config,
 )
-from components.plan.model_shapes import tp_problems
+from components.plan.model_shapes import build_inventory, tp_problems
 from components.plan.sizing import (
     GIB,
     USABLE_FRACTION,
@@ -934,3 +934,120 @@ def test_a_config_without_a_context_length_needs_max_model_len() -> None:
         max_num_seqs=8,
     )
     assert plan.max_model_len == 4096
+
+
+def test_pp_only_layouts_name_each_node_count_they_skip() -> None:
+    err = _layout_error(cfg("qwen2-7b"), gpus_per_node=14, max_nodes=2, pipeline_parallel_size=1)
+    assert (str(err), err.field) == (
+        "no layout is possible on up to 2 node(s) of 14 GPUs: 1 node(s): TP 14 not allowed (TP "
+        "14 is not a multiple of num_key_value_heads 4 (vLLM replicates KV heads only in whole "
+        "copies)); 2 node(s): TP 28 not allowed (intermediate_size 18944 is not divisible by TP "
+        "28)",
+        "pipeline_parallel_size",
+    )
+    err = _layout_error(cfg("llama-3-8b"), gpus_per_node=6, pipeline_parallel_size=1)
+    assert str(err) == (
+        "no layout is possible on up to 1 node(s) of 6 GPUs: 1 node(s): TP 6 not allowed "
+        "(num_attention_heads 32 is not divisible by TP 6; num_key_value_heads 8 is not "
+        "divisible by TP 6)"
+    )
+    err = _layout_error(cfg("llama-3-8b"), gpus_per_node=8, max_nodes=2, pipeline_parallel_size=3)
+    assert str(err) == (
+        "no layout is possible on up to 2 node(s) of 8 GPUs: 1 node(s): 8 GPUs are not a "
+        "multiple of PP 3; 2 node(s): 16 GPUs are not a multiple of PP 3"
+    )
+
+
+def test_a_pp_only_layout_fills_the_nodes_with_whole_tp() -> None:
+    plan = make_plan(cfg("llama-3-8b"), gpus_per_node=8, pipeline_parallel_size=2, **_LAYOUT)
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (4, 2)
+    assert plan.layout_reason == "PP as configured; TP fills the nodes"
+    assert plan.engine_args()[:4] == [
+        "--tensor-parallel-size",
+        "4",
+        "--pipeline-parallel-size",
+        "2",
+    ]
+
+
+def test_a_tp_whose_stages_would_outnumber_the_layers_is_skipped() -> None:
+    err = _layout_error(cfg("llama-3-8b"), gpus_per_node=40, tensor_parallel_size=1)
+    assert (str(err), err.field) == (
+        "no layout is possible on up to 1 node(s) of 40 GPUs: 1 node(s): PP 40 exceeds "
+        "num_hidden_layers 32 (each stage needs a layer)",
+        "tensor_parallel_size",
+    )
+
+
+def test_an_auto_layout_that_does_not_fit_names_the_last_layout_tried() -> None:
+    err = _layout_error(
+        load_model_config(R1_CONFIG),
+        gpus_per_node=8,
+        max_nodes=2,
+        gpu_memory_gib=96,
+        max_num_seqs=100_000,
+    )
+    assert str(err).startswith("does not fit on 2 node(s) of 8 GPUs with TP 8 x PP 2: ")
+
+
+def test_plan_values_independent_of_the_plan() -> None:
+    """Values checked against the model and the manual's formula, not against the plan."""
+    r1 = make_plan(
+        load_model_config(R1_CONFIG),
+        gpu_memory_gib=96,
+        gpus_per_node=8,
+        max_nodes=2,
+        max_model_len=2048,
+        checkpoint_bytes=688_586_727_753,
+        checkpoint_source="index",
+    )
+    assert (r1.architecture, r1.family) == ("DeepseekV3ForCausalLM", "deepseek_v3")
+    assert r1.reserve_gib == 8  # MoE default
+    assert r1.seed_estimate_gb == 805.2  # 671.03e9 params x 1 byte / 1e9 x 1.2, one decimal
+    assert r1.seed_nodes == 2
+    assert r1.notes[0] == (
+        "1 MTP layer(s) (13.46 B params) are in the checkpoint but vLLM loads them only for "
+        "speculative decoding: left out"
+    )
+    llama = make_plan(cfg("llama-3-8b"), gpus_per_node=8, **_LAYOUT)
+    assert (llama.reserve_gib, llama.seed_nodes, llama.weight_bytes_source) == (
+        5,
+        1,
+        "config.json",
+    )
+    assert llama.seed_estimate_gb == 19.3  # 8.03e9 x 2 bytes / 1e9 x 1.2
+    sized = make_plan(cfg("llama-3-8b"), gpus_per_node=8, checkpoint_bytes=16 * 10**9, **_LAYOUT)
+    assert sized.weight_bytes_source == "weights_bytes"
+    odd = make_plan(
+        _unmodelled(),
+        gpus_per_node=8,
+        checkpoint_bytes=16 * 10**9,
+        checkpoint_source="weights_bytes",
+        **_LAYOUT,
+    )
+    assert odd.seed_estimate_gb == 19.2  # checkpoint bytes / 1e9 x 1.2
+
+
+def test_a_checkpoint_size_far_from_the_estimate_is_noted() -> None:
+    model = cfg("llama-3-8b")
+    modelled = build_inventory(model).checkpoint_bytes(
+        model.quantization, model.checkpoint_dtype_bytes
+    )
+    far = make_plan(model, gpus_per_node=8, checkpoint_bytes=round(modelled * 1.1), **_LAYOUT)
+    assert far.notes == (
+        f"checkpoint size {round(modelled * 1.1) / 1e9:.2f} GB differs from the config.json "
+        f"estimate {modelled / 1e9:.2f} GB by +10.0%; planning with the checkpoint size",
+    )
+    near = make_plan(model, gpus_per_node=8, checkpoint_bytes=round(modelled * 1.04), **_LAYOUT)
+    assert near.notes == ()
+    exact = make_plan(model, gpus_per_node=8, checkpoint_bytes=modelled, **_LAYOUT)
+    assert exact.notes == ()
+
+
+def test_max_model_len_beyond_the_models_context_is_refused() -> None:
+    err = _layout_error(cfg("llama-3-8b"), gpus_per_node=8, max_model_len=10_000)
+    assert (str(err), err.field) == (
+        "max_model_len 10000 exceeds the model's context of 8192 tokens (config.json); vLLM "
+        "refuses it",
+        "max_model_len",
+    )

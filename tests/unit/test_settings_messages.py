@@ -545,3 +545,18 @@ def test_host_paths_keep_their_case_and_take_no_colon() -> None:
         "model.path": "may only contain letters, digits and . _ / @ + - (it goes into shell "
         "commands and Docker mounts), got '/data01/model:v1'"
     }
+
+
+def test_dns_name_length_limit() -> None:
+    longest = ".".join(["a" * 63] * 3 + ["b" * 61])  # 253 characters
+    assert len(longest) == 253
+    assert loads(setter(longest, "hosts", 1, "address")).hosts[1].address == longest
+    too_long = longest + "b"
+    found = problems(setter(too_long, "hosts", 1, "address"))
+    assert found == {"hosts[1].address": f"must be an IPv4 address or a DNS name, got {too_long!r}"}
+    assert loads(setter("GPU-BOX", "hosts", 1, "address")).hosts[1].address == "GPU-BOX"
+
+
+def test_dot_components_in_a_host_path_are_refused() -> None:
+    found = problems(setter("/data01/./x", "model", "path"))
+    assert found == {"model.path": "must not contain '.' or '..' components, got '/data01/./x'"}
