@@ -9,13 +9,14 @@ refused one.)
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from components.settings import SettingsError, load_settings
 from components.settings_checks import check_env_name, check_env_value, check_extra_arg
-from tests.unit.test_settings import ALL_SECRETS, valid_raw
+from tests.unit.test_settings import ALL_SECRETS, REPO, valid_raw
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 
@@ -560,3 +561,103 @@ def test_dns_name_length_limit() -> None:
 def test_dot_components_in_a_host_path_are_refused() -> None:
     found = problems(setter("/data01/./x", "model", "path"))
     assert found == {"model.path": "must not contain '.' or '..' components, got '/data01/./x'"}
+
+
+# ---------------------------------------------------------------------------------------
+# Files on this machine (base_dir given): each problem by key, never a traceback
+
+
+def _with_files(tmp_path: Path) -> dict[str, Any]:
+    raw = valid_raw()
+    (tmp_path / "id").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    raw["ssh"]["private_key_file"] = "id"
+    raw["model"]["config_file"] = str(REPO / "models" / "deepseek-r1" / "config.json")
+    return raw
+
+
+def file_problems(raw: dict[str, Any], tmp_path: Path) -> dict[str, str]:
+    with pytest.raises(SettingsError) as err:
+        load_settings(raw, ALL_SECRETS, base_dir=tmp_path)
+    return {p.path: p.message for p in err.value.problems}
+
+
+def test_files_in_place_pass(tmp_path: Path) -> None:
+    raw = _with_files(tmp_path)
+    (tmp_path / "known_hosts").write_text("")
+    raw["ssh"]["known_hosts_file"] = "known_hosts"
+    assert load_settings(raw, ALL_SECRETS, base_dir=tmp_path).ssh.known_hosts_file
+
+
+def test_a_missing_known_hosts_file_is_named(tmp_path: Path) -> None:
+    raw = _with_files(tmp_path)
+    raw["ssh"]["known_hosts_file"] = "known_hosts"
+    assert file_problems(raw, tmp_path) == {
+        "ssh.known_hosts_file": f"file {str(tmp_path / 'known_hosts')!r} does not exist on this "
+        "machine"
+    }
+
+
+def test_a_missing_local_model_directory_is_named(tmp_path: Path) -> None:
+    raw = _with_files(tmp_path)
+    raw["model"] = {
+        "source": "local",
+        "local_dir": "weights",
+        "path": "/data01/tiny",
+        "config_file": str(REPO / "models" / "deepseek-r1" / "config.json"),
+    }
+    assert file_problems(raw, tmp_path) == {
+        "model.local_dir": f"directory {str(tmp_path / 'weights')!r} does not exist on this machine"
+    }
+
+
+def test_a_public_key_given_as_the_private_key_is_named(tmp_path: Path) -> None:
+    raw = _with_files(tmp_path)
+    (tmp_path / "id").write_text(HOST_KEY + " me@laptop\n")
+    assert file_problems(raw, tmp_path) == {
+        "ssh.private_key_file": f"{str(tmp_path / 'id')!r} holds a public key ('ssh-ed25519 "
+        "AAAA...'); give the private key file (for ~/.ssh/id_ed25519.pub that is "
+        "~/.ssh/id_ed25519)"
+    }
+
+
+def test_an_unreadable_private_key_file_is_named(tmp_path: Path) -> None:
+    """/proc/self/mem is a regular file whose first page cannot be read (EIO), even by root."""
+    raw = _with_files(tmp_path)
+    raw["ssh"]["private_key_file"] = "/proc/self/mem"
+    assert file_problems(raw, tmp_path) == {
+        "ssh.private_key_file": "cannot read '/proc/self/mem': Input/output error"
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Smaller rules
+
+
+def test_parallel_sizes_read_as_written() -> None:
+    s = loads(setter(" 4 ", "serving", "tensor_parallel_size"))
+    assert s.serving.tensor_parallel_size == 4 and s.serving.tp == 4
+    s = loads(setter("auto", "serving", "pipeline_parallel_size"))
+    assert s.serving.pipeline_parallel_size == "auto" and s.serving.pp is None
+    found = problems(setter(True, "serving", "tensor_parallel_size"))
+    assert found == {"serving.tensor_parallel_size": "must be 'auto' or a positive integer"}
+
+
+def test_the_error_counts_its_problems() -> None:
+    with pytest.raises(SettingsError) as one:
+        load_settings({**valid_raw(), "zz": 1}, ALL_SECRETS)
+    assert str(one.value).splitlines()[0] == "invalid stack configuration (1 problem):"
+    with pytest.raises(SettingsError) as two:
+        load_settings({**valid_raw(), "zz": 1, "yy": 2}, ALL_SECRETS)
+    assert str(two.value).splitlines()[0] == "invalid stack configuration (2 problems):"
+    assert str(two.value).splitlines()[1].startswith("  - ")
+
+
+def test_a_long_bad_value_is_quoted_up_to_60_characters() -> None:
+    value = "9" * 30 + "x" * 70
+    found = problems(setter(value, "serving", "port"))
+    assert found["serving.port"].endswith(f" (got {repr(value)[:60]})")
+
+
+def test_registry_mirror_path_keeps_its_letters() -> None:
+    s = loads(setter({"registry_mirrors": ["http://10.0.0.5:5000/BOX/"]}, "docker"))
+    assert s.docker.registry_mirrors == ("http://10.0.0.5:5000/BOX",)
