@@ -661,3 +661,18 @@ def test_a_long_bad_value_is_quoted_up_to_60_characters() -> None:
 def test_registry_mirror_path_keeps_its_letters() -> None:
     s = loads(setter({"registry_mirrors": ["http://10.0.0.5:5000/BOX/"]}, "docker"))
     assert s.docker.registry_mirrors == ("http://10.0.0.5:5000/BOX",)
+
+
+def test_a_config_file_too_large_or_unreadable_is_named(tmp_path: Path) -> None:
+    raw = _with_files(tmp_path)
+    huge = tmp_path / "config.json"
+    with huge.open("wb") as f:
+        f.truncate(64 * 2**20 + 1)  # sparse: nothing is written
+    raw["model"]["config_file"] = str(huge)
+    assert file_problems(raw, tmp_path) == {
+        "model.config_file": f"{str(huge)!r} is 67,108,865 bytes, not the model's config.json"
+    }
+    raw["model"]["config_file"] = "/proc/self/mem"
+    assert file_problems(raw, tmp_path) == {
+        "model.config_file": "cannot read '/proc/self/mem': Input/output error"
+    }
