@@ -676,3 +676,65 @@ def test_a_config_file_too_large_or_unreadable_is_named(tmp_path: Path) -> None:
     assert file_problems(raw, tmp_path) == {
         "model.config_file": "cannot read '/proc/self/mem': Input/output error"
     }
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        (setter(8000.5, "serving", "port"), {"serving.port": "must be a whole number, got 8000.5"}),
+        (
+            setter("NVIDIA\x7fH20", "hosts", 0, "gpus", "model"),
+            {
+                "hosts[0].gpus.model": "must not contain control characters (NUL, newline, ...), "
+                "got 'NVIDIA\\x7fH20'"
+            },
+        ),
+        (
+            setter("my model", "model", "served_name"),
+            {
+                "model.served_name": "must be a name without spaces (clients send it as `model`), "
+                "got 'my model'"
+            },
+        ),
+        (
+            setter("vllm", "image", "name"),
+            {
+                "image.name": "must be an image reference with a tag, name:tag (e.g. "
+                "vllm/vllm-openai:v0.8.5), got 'vllm'"
+            },
+        ),
+    ],
+)
+def test_value_refusals_say_what_is_expected(
+    change: Callable[[dict[str, Any]], None], found: dict[str, str]
+) -> None:
+    assert problems(change) == found
+
+
+@pytest.mark.parametrize(
+    ("change", "read"),
+    [
+        (setter("enP2p1s0", "hosts", 0, "nic"), lambda s: s.hosts[0].nic),
+        (
+            setter({"name": "Registry.Example.com:5000/vllm/vllm-openai:V0.8.5-RC1"}, "image"),
+            lambda s: s.image.name,
+        ),
+    ],
+)
+def test_mixed_case_names_are_accepted(
+    change: Callable[[dict[str, Any]], None], read: Callable[[Any], str]
+) -> None:
+    raw = valid_raw()
+    change(raw)
+    assert read(load_settings(raw, ALL_SECRETS)) in str(raw)
+
+
+def test_two_ssh_key_sources_are_refused() -> None:
+    raw = valid_raw()  # it names a key file; the secret is set too
+    with pytest.raises(SettingsError) as err:
+        load_settings(raw, {"apiKey": True, "sshPrivateKey": True})
+    messages = {p.path: p.message for p in err.value.problems}
+    assert messages == {
+        "ssh.private_key_file": "both this and the secret vllm-cluster:sshPrivateKey are set; "
+        "keep exactly one SSH key source"
+    }
