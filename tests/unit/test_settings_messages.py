@@ -738,3 +738,91 @@ def test_two_ssh_key_sources_are_refused() -> None:
         "ssh.private_key_file": "both this and the secret vllm-cluster:sshPrivateKey are set; "
         "keep exactly one SSH key source"
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Rules across keys: the conflict and both ways out
+
+
+def _hosts(r: dict[str, Any], *names_and_addresses: tuple[str, str]) -> None:
+    for host, (name, address) in zip(r["hosts"], names_and_addresses, strict=True):
+        host.update(name=name, address=address)
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        (
+            setter({"name": "vllm/vllm-openai:v1", "pull": True, "tarball": "x.tar"}, "image"),
+            {
+                "image.pull": "is true but image.tarball is set (the tarball is loaded instead "
+                "of pulling); remove one"
+            },
+        ),
+        (
+            setter({"name": "vllm/vllm-openai:v1", "pull": False}, "image"),
+            {
+                "image.pull": "is false but there is no image.tarball, so the image has no "
+                "source; set image.tarball (copied and `docker load`ed) or remove image.pull "
+                "(pulled from its registry)"
+            },
+        ),
+        (
+            setter({"install": True}, "docker"),
+            {
+                "docker.deb_dir": "is required when docker.install is true: a directory of "
+                "Docker .deb files on this machine"
+            },
+        ),
+        (
+            lambda r: _hosts(r, ("h20-1", "10.0.0.1"), ("h20-1", "10.0.0.2")),
+            {"hosts[1].name": "'h20-1' is already used by hosts[0]; host names must be unique"},
+        ),
+        (  # the same DNS name in another case or with the root dot is the same host
+            lambda r: _hosts(r, ("a", "GPU-A.example.com."), ("b", "gpu-a.example.com")),
+            {
+                "hosts[1].address": "'gpu-a.example.com' is already hosts[0].address; each host "
+                "needs its own address"
+            },
+        ),
+        (
+            lambda r: (
+                r["hosts"][1]["gpus"].update(count=4),
+                r["hosts"][0]["gpus"].update(memory_gib=80),
+            ),
+            {
+                "hosts[1].gpus.count": "4 differs from hosts[0].gpus.count 8; all hosts must have "
+                "identical GPUs (vLLM places the same TP x PP layout on every node)",
+                "hosts[1].gpus.memory_gib": "96.0 differs from hosts[0].gpus.memory_gib 80.0; all "
+                "hosts must have identical GPUs (vLLM places the same TP x PP layout on every "
+                "node)",
+            },
+        ),
+        (
+            lambda r: r["model"].pop("config_file"),
+            {
+                "model.config_file": "is required for source=modelscope: the planner reads the "
+                "model's config.json on this machine; download it (a few KB) to e.g. "
+                "models/<name>/config.json and point here"
+            },
+        ),
+        (
+            lambda r: _hosts(r, ("a" * 30, "10.0.0.1"), ("b" * 30, "10.0.0.2")),
+            {
+                "hosts[1].name": "is too long together with hosts[0].name: the weights fan-out "
+                f"step is named '{'a' * 30}-to-{'b' * 30}' (64 characters, at most 63); keep "
+                "len(hosts[0].name) + len(this name) <= 59"
+            },
+        ),
+    ],
+)
+def test_cross_key_conflicts_name_both_ways_out(
+    change: Callable[[dict[str, Any]], object], found: dict[str, str]
+) -> None:
+    assert problems(change) == found
+
+
+def test_host_names_of_the_longest_fan_out_name_pass() -> None:
+    raw = valid_raw()
+    _hosts(raw, ("a" * 30, "10.0.0.1"), ("b" * 29, "10.0.0.2"))  # a-to-b: 63 characters
+    assert len(load_settings(raw, ALL_SECRETS).hosts) == 2
