@@ -826,3 +826,55 @@ def test_host_names_of_the_longest_fan_out_name_pass() -> None:
     raw = valid_raw()
     _hosts(raw, ("a" * 30, "10.0.0.1"), ("b" * 29, "10.0.0.2"))  # a-to-b: 63 characters
     assert len(load_settings(raw, ALL_SECRETS).hosts) == 2
+
+
+_LOCAL = {"source": "local", "path": "/data01/tiny", "config_file": "c.json"}
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        (
+            setter("/tmp/w", "model", "local_dir"),
+            {"model.local_dir": "is only used with source=local (source is modelscope); remove it"},
+        ),
+        (
+            setter(
+                {**_LOCAL, "local_dir": "/tmp/w", "hub_endpoint": "https://hub.example.com"},
+                "model",
+            ),
+            {"model.hub_endpoint": "is only used with a hub source; remove it for source=local"},
+        ),
+        (
+            setter(_LOCAL, "model"),
+            {
+                "model.local_dir": "is required for source=local: the weights directory on this "
+                "machine"
+            },
+        ),
+        (
+            setter(8000, "serving", "master_port"),
+            {
+                "serving.master_port": "8000 is also serving.port; rank 0's rendezvous and the "
+                "API server need different ports"
+            },
+        ),
+        (  # one byte more than 2 hosts x 8 GPUs x 96 GiB
+            setter(2 * 8 * 96 * 2**30 + 1, "model", "weights_bytes"),
+            {
+                "model.weights_bytes": f"{2 * 8 * 96 * 2**30 + 1:,} bytes (1,536 GiB) is more "
+                "than all 16 GPUs of the 2 host(s) hold together (1,536 GiB); it is the "
+                "checkpoint's size in bytes (metadata.total_size of model.safetensors.index.json)"
+            },
+        ),
+    ],
+)
+def test_model_and_serving_conflicts(
+    change: Callable[[dict[str, Any]], None], found: dict[str, str]
+) -> None:
+    assert problems(change) == found
+
+
+def test_a_checkpoint_exactly_as_large_as_every_gpu_passes_this_check() -> None:
+    s = loads(setter(2 * 8 * 96 * 2**30, "model", "weights_bytes"))
+    assert s.model.weights_bytes == 2 * 8 * 96 * 2**30
