@@ -878,3 +878,27 @@ def test_model_and_serving_conflicts(
 def test_a_checkpoint_exactly_as_large_as_every_gpu_passes_this_check() -> None:
     s = loads(setter(2 * 8 * 96 * 2**30, "model", "weights_bytes"))
     assert s.model.weights_bytes == 2 * 8 * 96 * 2**30
+
+
+def test_the_secrets_that_are_set_are_recorded() -> None:
+    s = load_settings(valid_raw(), {"apiKey": True, "hubToken": True})
+    assert (s.secrets.api_key, s.secrets.hub_token, s.secrets.ssh_private_key) == (
+        True,
+        True,
+        False,
+    )
+    s = load_settings(valid_raw(), {"apiKey": True})
+    assert s.secrets.hub_token is False
+
+
+def test_a_public_key_file_named_as_the_private_key_points_to_its_pair() -> None:
+    found = problems(setter("~/.ssh/id_ed25519.pub", "ssh", "private_key_file"))
+    assert found == {
+        "ssh.private_key_file": "'~/.ssh/id_ed25519.pub' is a public key (.pub); give the "
+        "private key file beside it ('~/.ssh/id_ed25519')"
+    }
+
+
+def test_the_rendezvous_port_only_clashes_with_the_mp_launcher() -> None:
+    s = loads(setter({"distributed_backend": "ray", "master_port": 8000}, "serving"))
+    assert s.serving.master_port == s.serving.port == 8000
