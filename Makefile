@@ -5,7 +5,7 @@ WITH_ENV := tools/with-env
 PY := .venv/bin/python
 LAB_HOSTS ?= 2
 
-.PHONY: venv deps toolchain docker lab-up lab-down demo smoke test unit lint bench clean
+.PHONY: venv deps toolchain docker lab-up lab-down demo smoke test unit lint bench clean mutation mutation-table
 
 venv: .venv/.installed
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -49,6 +49,32 @@ lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+
+# Mutation testing of the pure core (settings, planner, renderers; [tool.mutmut] in
+# pyproject.toml) against the fast tests (unit + scripts, root for the loop devices). Not in
+# `make test`: it takes hours on 2 cores (README). MUTANTS narrows it to mutant name patterns
+# ('components.plan.sizing.*'); MUTATION_JOBS is mutmut's --max-children. Results accumulate in
+# mutants/ (rerun: only unchecked mutants; `rm -rf mutants` to start over). The table is
+# per module: mutants, killed (timeouts count as killed), survived, no tests, not checked.
+MUTATION_JOBS ?= 1
+MUTANTS ?=
+mutation: venv deps
+	$(WITH_ENV) .venv/bin/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	$(MAKE) --no-print-directory mutation-table
+
+# The per-module table of the results so far (no run).
+mutation-table:
+	@.venv/bin/mutmut results --all true | awk -F': ' '\
+	  { k = $$1; sub(/^ +/, "", k); m = k; sub(/\.x(_|ǁ).*$$/, "", m); s = $$2; \
+	    if (!(m in n)) order[++mods] = m; n[m]++; \
+	    if (s == "killed" || s == "timeout" || s == "caught by type check") kl[m]++; \
+	    else if (s == "survived") sv[m]++; else if (s == "no tests") nt[m]++; \
+	    else if (s == "not checked") nc[m]++; else ot[m]++ } \
+	  END { printf "%-40s %8s %7s %9s %9s %8s %6s\n", "module", "mutants", "killed", \
+	          "survived", "no tests", "unchecked", "rate"; \
+	        for (i = 1; i <= mods; i++) { m = order[i]; done = n[m] - nc[m] - ot[m]; \
+	          printf "%-40s %8d %7d %9d %9d %8d %5s%%\n", m, n[m], kl[m], sv[m], nt[m], nc[m], \
+	            done ? sprintf("%.1f", 100 * kl[m] / done) : "-" } }'
 
 bench: venv deps toolchain docker
 	$(WITH_ENV) bench/run

@@ -308,7 +308,12 @@ def build_inventory(cfg: ModelConfig) -> Inventory:
 
 
 def expert_name(cfg: ModelConfig) -> str:
-    return "num_local_experts" if cfg.family == "mixtral" else "n_routed_experts"
+    """The config.json key that holds the expert count for this family."""
+    if cfg.family == "mixtral":
+        return "num_local_experts"
+    if cfg.family == "qwen3_moe":
+        return "num_experts"
+    return "n_routed_experts"
 
 
 def tp_problems(cfg: ModelConfig, tp: int, ep: bool = False) -> list[str]:

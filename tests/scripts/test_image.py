@@ -107,10 +107,12 @@ def test_present_check_fails_when_the_image_is_gone_or_another(
     assert run_script(image_present("lab-1", name)).returncode == 0
     other = "sha256:" + "0" * 64
     wrong = run_script(image_present("lab-1", name, other))
-    assert wrong.returncode == 1 and f"{name} is {image_id}, not {other}" in wrong.stderr
+    # the cause, on a progress line naming the host and the step
+    assert wrong.returncode == 1
+    assert f"[lab-1] image: {name} is {image_id}, not {other}" in wrong.stderr
     docker("rmi", "-f", name)
     gone = run_script(image_present("lab-1", name, image_id))
-    assert gone.returncode == 1 and f"{name} is missing" in gone.stderr
+    assert gone.returncode == 1 and f"[lab-1] image: {name} is missing" in gone.stderr
 
 
 def test_ray_backend_refuses_an_image_without_ray(saved_image: tuple[str, Path]) -> None:
@@ -125,4 +127,5 @@ def test_ray_backend_refuses_an_image_without_ray(saved_image: tuple[str, Path])
         proc.stderr
     )
     assert "Fix: set serving.distributed_backend: mp" in proc.stderr
+    assert f"[lab-1] image: {name} cannot import Ray" in proc.stderr
     assert docker("ps", "-aq").stdout.split() == before

@@ -281,3 +281,41 @@ def test_an_exited_container_fails_naming_its_state(tmp_path: Path, server: Fake
     assert "current platform cpu does not support ray" in err  # the root cause, quoted
     assert server.count("/health") == 2
     assert run.seconds < 5
+
+
+def _openai_chat_route(t: float, n: int, requests: list[tuple[str, str, str]]) -> Answer:
+    """Answers like an OpenAI-compatible server: 400 for a request it would not accept."""
+    try:
+        body = json.loads(requests[-1][2])
+        messages = body["messages"]
+        ok = (
+            set(body) <= {"model", "messages", "max_tokens", "temperature"}
+            and body["model"] == MODEL
+            and isinstance(messages, list)
+            and messages
+            and all(
+                set(m) == {"role", "content"}
+                and m["role"] in ("system", "user", "assistant")
+                and isinstance(m["content"], str)
+                and m["content"]
+                for m in messages
+            )
+            and isinstance(body.get("max_tokens", 1), int)
+            and 0 < body.get("max_tokens", 1) <= 64
+            and 0 <= body.get("temperature", 1) <= 2
+        )
+    except (ValueError, LookupError, TypeError):
+        ok = False
+    return (200, COMPLETION) if ok else (400, {"error": {"message": "invalid request"}})
+
+
+def test_the_chat_request_is_one_an_openai_server_accepts(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    """A short, deterministic chat request for the served model: a server that validates
+    requests as the OpenAI API does answers it."""
+    server.routes["/v1/chat/completions"] = lambda t, n: _openai_chat_route(t, n, server.requests)
+    run = run_gate(tmp_path, server)
+    assert run.proc.returncode == 0, run.proc.stderr
+    body = json.loads(server.requests[-1][2])
+    assert body["max_tokens"] <= 16 and body["temperature"] == 0
