@@ -40,6 +40,10 @@ COMPLETION = {
     ],
 }
 MODELS = {"object": "list", "data": [{"id": MODEL, "object": "model"}]}
+# "Fails at once" means well inside a long timeout, however loaded the machine is (CI runs this
+# beside the lab); a gate that waited for the timeout would take AT_ONCE_TIMEOUT_S.
+AT_ONCE_TIMEOUT_S = 60
+AT_ONCE_S = 30
 
 # An answer: (status, body); a str body is sent as is, anything else as JSON.
 Answer = tuple[int, object]
@@ -199,15 +203,16 @@ def test_a_500_fails_at_the_timeout_with_the_last_status_and_body(
     tmp_path: Path, server: FakeServer, body: object
 ) -> None:
     server.routes["/v1/chat/completions"] = always(500, body)
-    run = run_gate(tmp_path, server, timeout_s=2)
+    run = run_gate(tmp_path, server, timeout_s=4)
     err = run.proc.stderr
     assert run.proc.returncode == 1, err
     assert run.proc.stdout == ""
-    assert "readiness: a chat completion not ready after 2s" in err
+    assert "readiness: a chat completion not ready after 4s" in err
     assert "last answer: HTTP 500 from /v1/chat/completions: " + json.dumps(body)[:40] in err
     assert server.count("/v1/chat/completions") >= 2  # retried, not failed at once
-    # Bash's $SECONDS ticks on whole wall-clock seconds: a 2 s limit ends after 1 to 2 s.
-    assert 1 <= run.seconds < 6
+    # Bash's $SECONDS ticks on whole wall-clock seconds: a 4 s limit ends after 3 to 4 s
+    # (plus a probe in flight, slow on a loaded machine).
+    assert 3 <= run.seconds < AT_ONCE_S
 
 
 @pytest.mark.parametrize(
@@ -237,26 +242,26 @@ def test_a_200_without_a_completion_fails_at_once(
     tmp_path: Path, server: FakeServer, body: object
 ) -> None:
     server.routes["/v1/chat/completions"] = always(200, body)
-    run = run_gate(tmp_path, server, timeout_s=20)
+    run = run_gate(tmp_path, server, timeout_s=AT_ONCE_TIMEOUT_S)
     err = run.proc.stderr
     assert run.proc.returncode == 1, err
     assert run.proc.stdout == ""
     assert "readiness: the chat completion answered HTTP 200 without a completion" in err
     assert server.count("/v1/chat/completions") == 1
-    assert run.seconds < 5  # at once, not at the 20 s timeout
+    assert run.seconds < AT_ONCE_S  # at once, not at the timeout
 
 
 @pytest.mark.parametrize("path", ["/v1/models", "/v1/chat/completions"])
 def test_a_401_fails_at_once_naming_the_key(tmp_path: Path, server: FakeServer, path: str) -> None:
     server.routes[path] = always(401, {"error": "Unauthorized"})
-    run = run_gate(tmp_path, server, timeout_s=20)
+    run = run_gate(tmp_path, server, timeout_s=AT_ONCE_TIMEOUT_S)
     err = run.proc.stderr
     assert run.proc.returncode == 1, err
     assert (
         f"readiness: the server rejected the API key on {path} (check vllm-cluster:apiKey)" in err
     )
     assert server.count(path) == 1
-    assert run.seconds < 5
+    assert run.seconds < AT_ONCE_S
 
 
 def test_models_must_list_the_served_name_exactly(tmp_path: Path, server: FakeServer) -> None:
@@ -274,13 +279,15 @@ def test_an_exited_container_fails_naming_its_state(tmp_path: Path, server: Fake
     """The server never gets healthy and the engine container exits meanwhile: the gate
     fails at the next poll (not at the timeout), naming the state and quoting the logs."""
     server.routes["/health"] = always(503, "loading")
-    run = run_gate(tmp_path, server, timeout_s=20, state="running 0;running 0;exited 0")
+    run = run_gate(
+        tmp_path, server, timeout_s=AT_ONCE_TIMEOUT_S, state="running 0;running 0;exited 0"
+    )
     err = run.proc.stderr
     assert run.proc.returncode == 1, err
     assert f"readiness: container {CONTAINER} is exited after 0 restart(s)" in err
     assert "current platform cpu does not support ray" in err  # the root cause, quoted
     assert server.count("/health") == 2
-    assert run.seconds < 5
+    assert run.seconds < AT_ONCE_S
 
 
 def _openai_chat_route(t: float, n: int, requests: list[tuple[str, str, str]]) -> Answer:
