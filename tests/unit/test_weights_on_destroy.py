@@ -73,3 +73,14 @@ def test_every_copy_into_the_model_path_is_claimed(project: Path) -> None:
         begin, end = script.index("wclaim begin"), script.rindex("wclaim end")
         copy = "fanout" if name.endswith("n2-fetch") else "rsync -a"
         assert begin < script.index(copy) < end, name
+
+
+def test_weights_are_kept_on_destroy_unless_the_config_says_otherwise(project: Path) -> None:
+    """model.keep_on_destroy defaults to true: without the key, no host's remove step has a
+    delete script (issue 17 named this default as untested)."""
+    config = write_project(project, hosts=2)
+    config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    config["model"].pop("keep_on_destroy", None)
+    steps = removes(run_program(config, {"apiKey": "sk-lab"}))
+    assert sorted(steps) == ["weights-n1-remove", "weights-n2-remove"]
+    assert all("delete" not in inputs for inputs in steps.values()), steps
