@@ -16,7 +16,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.e2e.pulumi_cli import CommandResult, PulumiStack
 
 POLL_S = 0.02
 
@@ -68,6 +71,25 @@ class EventTail:
                     return
                 else:
                     time.sleep(POLL_S)
+
+
+def up_with_event_log(
+    stack: PulumiStack, events_path: Path, started: float
+) -> tuple[CommandResult, list[Stamped]]:
+    """`pulumi up --yes --skip-preview` on `stack` with the engine's event log followed as it
+    is written (times relative to `started`); the events are returned even when up fails
+    (the PulumiCommandError then propagates)."""
+    events_path.unlink(missing_ok=True)
+    tail = EventTail(events_path, started).start()
+    # `--event-log` is offered only with PULUMI_DEBUG_COMMANDS (it changes nothing else).
+    stack.env["PULUMI_DEBUG_COMMANDS"] = "true"
+    events: list[Stamped] = []
+    try:
+        result = stack.run("up", "--yes", "--skip-preview", "--event-log", str(events_path))
+    finally:
+        events[:] = tail.stop()
+        del stack.env["PULUMI_DEBUG_COMMANDS"]
+    return result, events
 
 
 @dataclass(frozen=True)

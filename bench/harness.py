@@ -37,13 +37,13 @@ from typing import Any
 import yaml
 
 from bench.events import (
-    EventTail,
     StepTiming,
     critical_path,
     path_line,
     phases,
     slowest_table,
     step_timings,
+    up_with_event_log,
 )
 from tests.e2e.lab_stack import REPO, chat, lab_config, lab_serving_lock, write_stack_config
 from tests.e2e.pulumi_cli import temporary_stack
@@ -347,17 +347,9 @@ def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
     # for the whole run (clean, up, no-change up, destroy, clean).
     with temporary_stack(REPO, prefix=STACK_PREFIX) as stack:
         write_stack_config(stack, lab_config(overrides, count))
-        events_path = logdir / f"events-{tag}.jsonl"
-        events_path.unlink(missing_ok=True)
         started = time.monotonic()
-        tail = EventTail(events_path, started).start()
-        # `--event-log` is offered only with PULUMI_DEBUG_COMMANDS (it changes nothing else).
-        stack.env["PULUMI_DEBUG_COMMANDS"] = "true"
-        try:
-            with CpuMeter(count) as cpu:
-                up = stack.run("up", "--yes", "--skip-preview", "--event-log", str(events_path))
-        finally:
-            events = tail.stop()
+        with CpuMeter(count) as cpu:
+            up, events = up_with_event_log(stack, logdir / f"events-{tag}.jsonl", started)
         result["up_s"] = round(time.monotonic() - started, 2)
         result["cpu"] = cpu.result
         (logdir / f"up-{tag}.log").write_text(up.output)

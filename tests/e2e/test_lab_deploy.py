@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from bench.events import EventTail, StepTiming, step_timings
+from bench.events import StepTiming, step_timings, up_with_event_log
 from tests.e2e.lab_stack import REPO, chat, containers_on, host_exec, lab_config, lab_stack
 from tests.e2e.pulumi_cli import PulumiStack
 
@@ -69,16 +69,9 @@ def deployed(
         lab_stack(f"e2e-{BACKEND.name}", overrides(BACKEND.name)) as stack,
         tempfile.TemporaryDirectory(prefix="e2e-events-") as tmp,
     ):
-        events_path = Path(tmp) / "events.jsonl"
         started = time.monotonic()
-        tail = EventTail(events_path, started).start()
-        # `--event-log` is offered only with PULUMI_DEBUG_COMMANDS (it changes nothing else).
-        stack.env["PULUMI_DEBUG_COMMANDS"] = "true"
-        try:
-            stack.run("up", "--yes", "--skip-preview", "--event-log", str(events_path))
-        finally:
-            FIRST_UP_STEPS[:] = step_timings(tail.stop())
-            del stack.env["PULUMI_DEBUG_COMMANDS"]
+        _, events = up_with_event_log(stack, Path(tmp) / "events.jsonl", started)
+        FIRST_UP_STEPS[:] = step_timings(events)
         print(f"\nfull up (2 hosts, TP2 x PP2, {BACKEND.name}): {time.monotonic() - started:.1f} s")
         yield stack, stack.outputs(show_secrets=True)
 
