@@ -262,12 +262,7 @@ def multi_node_head_script(launch: EngineLaunch, layout: MultiNodeLayout) -> str
         str(layout.join_timeout_s),
         json.dumps([list(n) for n in layout.nodes[1:]]),
     ]
-    lines = [
-        "set -euo pipefail",
-        shlex.join(watch) + " &",
-        "exec " + shlex.join(vllm_serve_argv(launch, layout, 0)),
-    ]
-    return "\n".join(lines) + "\n"
+    return _watch_then_exec(shlex.join(watch), vllm_serve_argv(launch, layout, 0))
 
 
 def headless_node_script(launch: EngineLaunch, layout: MultiNodeLayout, rank: int) -> str:
@@ -282,12 +277,13 @@ def headless_node_script(launch: EngineLaunch, layout: MultiNodeLayout, rank: in
         str(layout.master_port),
         str(RANK0_LOST_GRACE_S),
     ]
-    lines = [
-        "set -euo pipefail",
-        shlex.join(watch) + ' "$$" &',
-        "exec " + shlex.join(vllm_serve_argv(launch, layout, rank)),
-    ]
-    return "\n".join(lines) + "\n"
+    return _watch_then_exec(shlex.join(watch) + ' "$$"', vllm_serve_argv(launch, layout, rank))
+
+
+def _watch_then_exec(watcher: str, argv: list[str]) -> str:
+    """A node's program: the `watcher` command line in the background, then exec `argv` (the
+    engine takes the shell's PID, so `$$` in the watcher names it)."""
+    return "\n".join(["set -euo pipefail", watcher + " &", "exec " + shlex.join(argv)]) + "\n"
 
 
 def node_environment(
