@@ -15,6 +15,7 @@ from pulumi.runtime.config import get_config
 
 from components.gpu_host import GpuHost, GpuHostArgs
 from components.model_weights import ModelWeights, WeightsOnDestroy, WeightsTarget
+from components.parallelism import parallelism_advice
 from components.plan.sizing import Plan, PlanError, plan_from_settings
 from components.ray_cluster import RayNode, RayVllmCluster, RayVllmClusterArgs
 from components.render.deployment import Deployment, render_deployment
@@ -115,6 +116,7 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
                 ssh=hd.ssh,
                 image_name=settings.image.name,
                 scripts=hd.scripts,
+                weights_verify=hd.weights.verify,
             ),
         )
         for hd in dep.hosts
@@ -227,6 +229,9 @@ def main() -> None:
     except HostKeysNotPinned as exc:
         raise pulumi.RunError(str(exc)) from None
     dep = render_deployment(settings, plan, files, PROJECT_DIR, deployment_owner())
+    advice = parallelism_advice(len(dep.hosts), pulumi.runtime.settings.SETTINGS.parallel)
+    if advice:
+        pulumi.log.warn(advice)
     declare(dep, settings, files)
 
 

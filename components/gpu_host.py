@@ -31,6 +31,9 @@ class GpuHostArgs:
     ssh: SshTarget
     image_name: str
     scripts: HostScripts
+    # Read-only: exits 0 when the model weights on this host are complete. The host's drift
+    # checks run it beside the image's (one SSH round trip per host on every preview/up).
+    weights_verify: str | None = None
 
 
 class GpuHost(pulumi.ComponentResource):
@@ -49,6 +52,8 @@ class GpuHost(pulumi.ComponentResource):
     # the serving containers need.
     checked: list[pulumi.Resource]
     ready: list[pulumi.Resource]
+    # Every read-only drift check script of this host, by part ("image", "weights").
+    drift_checks: dict[str, str]
 
     def __init__(
         self, name: str, args: GpuHostArgs, opts: pulumi.ResourceOptions | None = None
@@ -93,13 +98,21 @@ class GpuHost(pulumi.ComponentResource):
         # Checked, its storage mounted and Docker installed: what the weights need.
         self.checked = list(previous)
 
+        # Every drift check of this host carries all of its scripts: the first one asked runs
+        # them all in one SSH round trip (components/resources/remote_check.py).
+        self.drift_checks = {
+            part: script
+            for part, script in (("image", s.image_present), ("weights", args.weights_verify))
+            if script
+        }
         triggers: list[Any] | None = None
         if s.image_present:
             check = RemoteCheck(
                 f"{name}-image-check",
                 label=f"{name}:{args.image_name}",
                 ssh_argv=args.ssh.ssh_command(),
-                script=s.image_present,
+                checks=self.drift_checks,
+                part="image",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=list(previous)),
             )
             triggers = [check.generation]

@@ -86,7 +86,9 @@ class ModelWeights(pulumi.ComponentResource):
                 f"{name}-{target.name}-check",
                 label=f"{target.name}:{path}",
                 ssh_argv=target.ssh.ssh_command(),
-                script=target.verify_script,
+                # The host's other checks ride along: one SSH round trip for all of them.
+                checks={**target.host.drift_checks, "weights": target.verify_script},
+                part="weights",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[*target.host.checked]),
             )
             # Only preflight (and storage before it): copying weights need not wait for the

@@ -3,16 +3,33 @@
 Why a dynamic resource and not pulumi-command: a `remote.Command` runs when its inputs
 change and never looks again, and pulumi-command has no read, so `pulumi refresh` cannot
 see drift either (pulumi-command issue 20, open). A weight file deleted on a host after
-`pulumi up` would stay missing forever. A RemoteCheck runs a
-read-only check script over SSH in `diff` (on every preview and up): when the check fails it
-reports a change, its `generation` output goes up, and the commands that list that output in
-their `triggers` run again. When everything is in place it costs one SSH round trip and
-changes nothing.
+`pulumi up` would stay missing forever. A RemoteCheck runs a read-only check script over SSH
+in `diff` (on every preview and up): when the check fails it reports a change, its
+`generation` output goes up, and the commands that list that output in their `triggers` run
+again. When everything is in place it changes nothing.
+
+One SSH round trip per host, not per check: every check of a host (its engine image, its
+weights) carries all of that host's check scripts (`checks`) and its own name (`part`). The
+first diff of a host runs all of them in one bash and the provider process keeps the result
+for a few seconds, so the host's other checks answer from it. A no-change `up` on many
+hosts waits for round trips (the engine asks one diff at a time unless PULUMI_PARALLEL_DIFF
+is set, and this provider answers at most 4 at once), so this halves what it waits for,
+while each check stays its own resource: a preview still names exactly which step runs
+again (one resource's outputs are unknown in a preview as a whole).
+
+The class names and module path are kept: state of earlier releases pickled
+`RemoteCheckProvider` from here with a single `script`; diff reads that as the part's script.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import pulumi
@@ -26,22 +43,89 @@ from pulumi.dynamic import (
 )
 
 from components.render.shell import remote_command
+from components.render.shell._common import q
 
 CHECK_TIMEOUT_S = 120
+# How long one host's results answer its other checks: the diffs of one `preview` or `up`
+# come within a second or two of each other; a later operation looks again.
+RESULT_TTL_S = 10.0
 
 
-def run_check(ssh_argv: list[str], script: str, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
-    """Run the read-only `script` with bash on the host behind the OpenSSH argv `ssh_argv`
-    (locally when it is empty): did it exit 0 within `timeout_s`? An unreachable host
-    fails the check too, so the guarded steps run (and say why they cannot)."""
+def combined_script(checks: Mapping[str, str]) -> str:
+    """One bash script that runs every check in its own bash (so `exit`, `set -e` and traps
+    stay inside it), with no input, and prints `<name> <exit status>` per check."""
+    lines = ["set +e"]
+    for name in sorted(checks):
+        lines.append(f"bash -c {q(checks[name])} </dev/null >/dev/null 2>&1; echo {q(name)} $?")
+    return "\n".join(lines) + "\n"
+
+
+def run_checks(
+    ssh_argv: list[str], checks: Mapping[str, str], timeout_s: float = CHECK_TIMEOUT_S
+) -> set[str]:
+    """The names of the `checks` that failed, run in one bash on the host behind the OpenSSH
+    argv `ssh_argv` (locally when it is empty). A check that did not report exit status 0
+    within `timeout_s` failed; so does every check of an unreachable host (the guarded steps
+    then run, and say why they cannot)."""
+    if not checks:
+        return set()
+    script = combined_script(checks)
     argv = [*ssh_argv, remote_command(script)] if ssh_argv else ["bash", "-c", script]
     try:
         done = subprocess.run(
             argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s, check=False
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+        return set(checks)
+    passed = set()
+    for line in done.stdout.decode(errors="replace").splitlines():
+        name, _, status = line.rpartition(" ")
+        if name in checks and status == "0":
+            passed.add(name)
+    return set(checks) - passed
+
+
+def run_check(ssh_argv: list[str], script: str, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
+    """One check: did `script` exit 0 within `timeout_s` on that host?"""
+    return not run_checks(ssh_argv, {"check": script}, timeout_s)
+
+
+class _HostResults:
+    """Failed-check sets per (host argv, checks), shared by the diffs in this process. A
+    diff that finds a result being computed waits for it instead of asking the host too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[str, tuple[float, Future[set[str]]]] = {}
+
+    def failed(self, ssh_argv: list[str], checks: Mapping[str, str]) -> set[str]:
+        key = hashlib.sha256(json.dumps([ssh_argv, dict(checks)], sort_keys=True).encode())
+        now = time.monotonic()
+        with self._lock:
+            cached = self._results.get(key.hexdigest())
+            if cached is not None and now - cached[0] < RESULT_TTL_S:
+                future, mine = cached[1], False
+            else:
+                future, mine = Future(), True
+                self._results[key.hexdigest()] = (now, future)
+        if mine:
+            try:
+                future.set_result(run_checks(ssh_argv, checks))
+            except BaseException as exc:  # never leave a waiter hanging
+                future.set_exception(exc)
+        return set(future.result())
+
+
+HOST_RESULTS = _HostResults()
+
+
+def _script(props: Mapping[str, Any]) -> str | None:
+    """The check's own script (earlier releases stored it alone, as `script`)."""
+    checks = props.get("checks")
+    if isinstance(checks, Mapping):
+        script = checks.get(props.get("part"))
+        return None if script is None else str(script)
+    return None if props.get("script") is None else str(props["script"])
 
 
 class RemoteCheckProvider(ResourceProvider):
@@ -50,11 +134,15 @@ class RemoteCheckProvider(ResourceProvider):
         return CreateResult(id_=str(props["label"]), outs={**props, "generation": 1})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        inputs_changed = any(olds.get(k) != news.get(k) for k in ("ssh_argv", "script", "label"))
+        # Only this check's own inputs count: another part's script changing is that
+        # part's change, not this one's.
+        inputs_changed = _script(olds) != _script(news) or any(
+            olds.get(k) != news.get(k) for k in ("ssh_argv", "label")
+        )
         if inputs_changed:
             return DiffResult(changes=True)
-        passed = run_check(list(news["ssh_argv"]), str(news["script"]))
-        return DiffResult(changes=not passed)
+        failed = HOST_RESULTS.failed(list(news["ssh_argv"]), dict(news["checks"]))
+        return DiffResult(changes=news["part"] in failed)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs={**news, "generation": int(olds.get("generation", 0)) + 1})
@@ -64,7 +152,7 @@ class RemoteCheckProvider(ResourceProvider):
 
 
 class RemoteCheck(Resource):
-    """`generation` changes whenever the check failed at the last preview/up."""
+    """`generation` changes whenever check `part` failed at the last preview/up."""
 
     generation: pulumi.Output[int]
 
@@ -73,12 +161,21 @@ class RemoteCheck(Resource):
         name: str,
         label: str,
         ssh_argv: list[str],
-        script: str,
+        checks: Mapping[str, str],
+        part: str,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        if part not in checks:
+            raise ValueError(f"check {name}: {part!r} is not among the host's checks")
         super().__init__(
             RemoteCheckProvider(),
             name,
-            {"label": label, "ssh_argv": ssh_argv, "script": script, "generation": None},
+            {
+                "label": label,
+                "ssh_argv": ssh_argv,
+                "checks": dict(checks),
+                "part": part,
+                "generation": None,
+            },
             opts,
         )

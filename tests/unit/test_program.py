@@ -173,7 +173,13 @@ def test_two_hosts_with_the_ray_backend_become_a_ray_cluster(project: Path) -> N
     assert IMAGE_ID in load and "docker load" in load
     # ... and loaded again when the host lost it: a check on every preview/up triggers it.
     check = mocks.named("n2-image-check").inputs
-    assert IMAGE_ID in check["script"] and check["label"] == "n2:eng:1"
+    assert check["part"] == "image" and check["label"] == "n2:eng:1"
+    assert IMAGE_ID in check["checks"]["image"]
+    # The host's checks ride together (one SSH round trip per host): the image's and the
+    # weights' checks carry the same scripts, and the weights' is what the fetch verifies.
+    weights_check = mocks.named("weights-n2-check").inputs
+    assert weights_check["part"] == "weights" and weights_check["checks"] == check["checks"]
+    assert check["checks"]["weights"] in mocks.named("weights-n2-fetch").script
     assert len(mocks.named("n2-image-load").inputs["triggers"]) == 1
     # Local weights: the operator machine pushes them to every host (distribute: each).
     for name in ("n1", "n2"):
