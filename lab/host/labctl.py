@@ -14,7 +14,10 @@ GPUs are simulated; SSH, Docker, networking and disks are real.
 
 Settings (environment): LAB_GPUS (2), LAB_GPU_MODEL ("NVIDIA H20"), LAB_GPU_MEMORY_MIB
 (97871), LAB_GPU_DRIVER ("550.54.15"), LAB_GPU_CUDA ("12.4"), LAB_SPARE_DISK_MB (0: none),
-LAB_SHM_MB (4096, the hosts' /dev/shm), LAB_READY_TIMEOUT_S (180). Stdlib only.
+LAB_SHM_MB (4096, the hosts' /dev/shm), LAB_READY_TIMEOUT_S (180), LAB_HOST_CPUS (unset: no
+limit; else each host's CPU budget in cores, `docker run --cpus`, charged to everything in the
+host, its dockerd and engine containers included: hosts that do not lend each other CPU, as
+separate servers do not). Stdlib only.
 """
 
 from __future__ import annotations
@@ -132,6 +135,25 @@ def lab_lock() -> Iterator[None]:
 # ---------------------------------------------------------------------------- settings
 
 
+def host_cpus_from_env() -> float | None:
+    """LAB_HOST_CPUS: None (unset or empty: no limit) or cores in (0, this machine's cores]."""
+    raw = os.environ.get("LAB_HOST_CPUS", "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LabError(f"LAB_HOST_CPUS={raw!r}: expected a number of cores, e.g. 0.5") from None
+    cores = os.cpu_count() or 1
+    # Docker's own floor is 0.01 core; below ~0.05 sshd alone misses the readiness timeout.
+    if not 0.05 <= value <= cores:
+        raise LabError(
+            f"LAB_HOST_CPUS={raw!r}: must be between 0.05 and this machine's {cores} cores "
+            "(unset it for no limit)"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     gpus: int
@@ -142,6 +164,7 @@ class Settings:
     spare_disk_mb: int
     shm_mb: int
     ready_timeout_s: float
+    host_cpus: float | None = None
 
     @staticmethod
     def from_env() -> Settings:
@@ -164,6 +187,7 @@ class Settings:
             spare_disk_mb=num("LAB_SPARE_DISK_MB", 0),
             shm_mb=num("LAB_SHM_MB", 4096),
             ready_timeout_s=float(num("LAB_READY_TIMEOUT_S", 180)),
+            host_cpus=host_cpus_from_env(),
         )
 
     def gpus_json(self) -> dict[str, Any]:
@@ -462,6 +486,7 @@ def host_config(host: Host, image: str, settings: Settings, pubkey: str) -> dict
         "authorized_key": pubkey,
         "shm_mb": settings.shm_mb,
         "spare_disk_mb": settings.spare_disk_mb,
+        "cpus": settings.host_cpus,
     }
 
 
@@ -487,6 +512,8 @@ def run_args(host: Host, config: dict[str, Any], spare: dict[str, Any] | None) -
         f"--env=LAB_AUTHORIZED_KEY={config['authorized_key']}",
         f"--env=LAB_GPUS_JSON={config['gpus_json']}",
     ]
+    if config.get("cpus"):
+        args.append(f"--cpus={config['cpus']:g}")
     if spare:
         args += [
             f"--device={spare['device']}:{spare['device']}",
@@ -607,7 +634,8 @@ def ensure_host(host: Host, image: str, settings: Settings, pubkey: str) -> Host
         f"ready in {time.monotonic() - t0:.1f}s (sshd {ready.timings['ssh']:.1f}s); "
         f"docker {ready.docker_version}, {ready.storage_driver} on {ready.backing_fs}{note}, "
         f"runtimes {','.join(ready.runtimes)}"
-        + (f", spare disk {spare['device']}" if spare else ""),
+        + (f", spare disk {spare['device']}" if spare else "")
+        + (f", CPU budget {settings.host_cpus:g} core(s)" if settings.host_cpus else ""),
         host.name,
     )
     if "nvidia" not in ready.runtimes:
@@ -721,6 +749,7 @@ def write_inventory(ready: list[HostReady], settings: Settings) -> dict[str, Any
             "LAB_GPU_CUDA": settings.gpu_cuda,
             "LAB_SPARE_DISK_MB": settings.spare_disk_mb,
             "LAB_SHM_MB": settings.shm_mb,
+            "LAB_HOST_CPUS": settings.host_cpus,
         },
         "hosts": [
             {
