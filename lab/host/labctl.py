@@ -14,8 +14,8 @@ GPUs are simulated; SSH, Docker, networking and disks are real.
 
 Settings (environment): LAB_GPUS (2), LAB_GPU_MODEL ("NVIDIA H20"), LAB_GPU_MEMORY_MIB
 (97871), LAB_GPU_DRIVER ("550.54.15"), LAB_GPU_CUDA ("12.4"), LAB_SPARE_DISK_MB (0: none),
-LAB_SHM_MB (4096, the hosts' /dev/shm), LAB_READY_TIMEOUT_S (180), LAB_HOST_CPUS (unset: no
-limit; else each host's CPU budget in cores, `docker run --cpus`, charged to everything in the
+LAB_SHM_MB (4096, the hosts' /dev/shm), LAB_READY_TIMEOUT_S (180), LAB_HOST_CPUS (unset or 0:
+no limit; else each host's CPU budget in cores, `docker run --cpus`, charged to everything in the
 host, its dockerd and engine containers included: hosts that do not lend each other CPU, as
 separate servers do not). Stdlib only.
 """
@@ -136,7 +136,7 @@ def lab_lock() -> Iterator[None]:
 
 
 def host_cpus_from_env() -> float | None:
-    """LAB_HOST_CPUS: None (unset or empty: no limit) or cores in (0, this machine's cores]."""
+    """LAB_HOST_CPUS: None (unset, empty or 0: no limit) or cores in [0.05, this machine's]."""
     raw = os.environ.get("LAB_HOST_CPUS", "").strip()
     if not raw:
         return None
@@ -144,12 +144,14 @@ def host_cpus_from_env() -> float | None:
         value = float(raw)
     except ValueError:
         raise LabError(f"LAB_HOST_CPUS={raw!r}: expected a number of cores, e.g. 0.5") from None
+    if value == 0:
+        return None
     cores = os.cpu_count() or 1
     # Docker's own floor is 0.01 core; below ~0.05 sshd alone misses the readiness timeout.
     if not 0.05 <= value <= cores:
         raise LabError(
             f"LAB_HOST_CPUS={raw!r}: must be between 0.05 and this machine's {cores} cores "
-            "(unset it for no limit)"
+            "(0 or unset: no limit)"
         )
     return value
 
@@ -749,7 +751,7 @@ def write_inventory(ready: list[HostReady], settings: Settings) -> dict[str, Any
             "LAB_GPU_CUDA": settings.gpu_cuda,
             "LAB_SPARE_DISK_MB": settings.spare_disk_mb,
             "LAB_SHM_MB": settings.shm_mb,
-            "LAB_HOST_CPUS": settings.host_cpus,
+            "LAB_HOST_CPUS": settings.host_cpus or 0,
         },
         "hosts": [
             {
