@@ -137,7 +137,9 @@ class DownloadSpec:
     """Where the ownership records live on the host (tests point it elsewhere)."""
     attempts: int = 3
     retry_delay_s: int = 15
-    """Wait before retry n is n x this (the CLIs resume, so retries continue)."""
+    """Wait before retry n is n x this. A retry keeps the files already complete (a file
+    that was part-way starts over with huggingface_hub >= 1.18). A refused token (HTTP
+    401/403) is not retried: the step stops naming ``vllm-cluster:hubToken``."""
 
 
 def _marker(spec: DownloadSpec) -> str:
@@ -150,7 +152,7 @@ def _marker(spec: DownloadSpec) -> str:
 
 def weights_download(spec: DownloadSpec) -> str:
     """Render the hub download: skipped when the marker of this (source, id, revision) is
-    there and the directory verifies; else the hub CLI (resumable) runs, up to ``attempts``
+    there and the directory verifies; else the hub CLI runs, up to ``attempts``
     times, then the manifest is written, the directory verified and the marker written.
     Prints the verify JSON line on stdout."""
     if spec.source not in ("modelscope", "huggingface"):
