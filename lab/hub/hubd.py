@@ -2,9 +2,10 @@
 """LAB TEST FIXTURE: a stand-in for a model hub. It is not a hub.
 
 Serves model directories over the subset of the Hugging Face Hub HTTP API that the real
-``huggingface_hub`` client (``snapshot_download``, ``hf download``) calls, so the program's
-download step runs the real client against it. Standard library only, so it runs with any
-python3 (a lab host, a container, this machine).
+``huggingface_hub`` client (``snapshot_download``, ``hf download``) calls, and over the part of
+ModelScope's API that ``modelscope download`` calls, so the program's download step runs the
+real clients against it. Standard library only, so it runs with any python3 (a lab host, a
+container, this machine).
 
     hubd.py --repo ORG/NAME=DIR [--repo ...] [--bind 127.0.0.1] [--port 0]
             [--token-file F] [--throttle GLOB=BYTES_PER_S ...] [--drop-once GLOB=BYTES ...]
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 CHUNK = 64 * 1024
 # What the hub stores in LFS (its .gitattributes); those files carry an "lfs" entry in the
@@ -182,6 +183,10 @@ INFO = re.compile(rf"^/api/models/({REPO_ID})(?:/revision/([^/]+))?$")
 TREE = re.compile(rf"^/api/models/({REPO_ID})/tree/([^/]+)(?:/(.+))?$")
 RESOLVE = re.compile(rf"^/({REPO_ID})/resolve/([^/]+)/(.+)$")
 RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+# ModelScope (modelscope / modelscope_hub): file listing and file download.
+MS_FILES = re.compile(rf"^/api/v1/models/({REPO_ID})/repo/files$")
+MS_FILE = re.compile(rf"^/api/v1/models/({REPO_ID})/repo$")
+MS_INFO = re.compile(rf"^/api/v1/models/({REPO_ID})$")
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -202,7 +207,9 @@ class HubHandler(BaseHTTPRequestHandler):
     # -- routing
 
     def _route(self, head: bool) -> None:
-        path = unquote(urlsplit(self.path).path)
+        url = urlsplit(self.path)
+        path = unquote(url.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         rng = self.headers.get("Range")
         status = 500
         try:
@@ -214,6 +221,13 @@ class HubHandler(BaseHTTPRequestHandler):
                 status = self._tree(m.group(1), m.group(2), m.group(3), head)
             elif m := INFO.match(path):
                 status = self._info(m.group(1), m.group(2) or "main", head)
+            elif m := MS_FILES.match(path):
+                status = self._ms_files(m.group(1), query.get("Revision", "master"), head)
+            elif m := MS_FILE.match(path):
+                rev, file = query.get("Revision", "master"), query.get("FilePath", "")
+                status = self._ms_file(m.group(1), rev, file, rng, head)
+            elif m := MS_INFO.match(path):
+                status = self._ms_info(m.group(1), head)
             else:
                 status = self._error(404, "EntryNotFound", f"no route for {path}", head)
         except (BrokenPipeError, ConnectionResetError):
@@ -223,18 +237,25 @@ class HubHandler(BaseHTTPRequestHandler):
             if path != "/_hubd/stats":
                 self.config.stats.request(self.command, path, status, rng)
 
+    def _token_problem(self) -> str | None:
+        """None when the request may read the repos, else "missing" or "wrong"."""
+        token = self.config.token
+        if token is None:
+            return None
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return "missing"
+        return None if hmac.compare_digest(auth[7:].encode(), token.encode()) else "wrong"
+
     def _repo(self, repo_id: str, revision: str, head: bool) -> tuple[Repo | None, int]:
         """The repo if the token admits it and the revision exists, else the error sent."""
         repo = self.config.repos.get(repo_id)
-        token = self.config.token
-        if token is not None:
-            auth = self.headers.get("Authorization", "")
-            given = auth[7:] if auth.startswith("Bearer ") else None
-            if given is None:
-                return None, self._error(401, "RepoNotFound", "Repository not found", head)
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                msg = "Invalid credentials in Authorization header"
-                return None, self._error(401, None, msg, head)
+        problem = self._token_problem()
+        if problem == "missing":
+            return None, self._error(401, "RepoNotFound", "Repository not found", head)
+        if problem == "wrong":
+            msg = "Invalid credentials in Authorization header"
+            return None, self._error(401, None, msg, head)
         if repo is None:
             return None, self._error(404, "RepoNotFound", "Repository not found", head)
         if revision not in ("main", repo.commit):
@@ -276,6 +297,60 @@ class HubHandler(BaseHTTPRequestHandler):
         f = repo.files.get(path)
         if f is None:
             return self._error(404, "EntryNotFound", f"{path} does not exist", head, repo)
+        return self._file(repo, f, rng, head)
+
+    # ModelScope: {"Code", "Message", "Data", "Success"} envelopes, revision "master".
+
+    def _ms_repo(self, repo_id: str, revision: str, head: bool) -> tuple[Repo | None, int]:
+        repo = self.config.repos.get(repo_id)
+        problem = self._token_problem()
+        if problem is not None:
+            msg = "Unauthorized: " + ("no token" if problem == "missing" else "invalid token")
+            return None, self._ms_json(401, None, msg, head)
+        if repo is None:
+            return None, self._ms_json(404, None, f"model {repo_id} not found", head)
+        if revision not in ("master", "main", repo.commit):
+            return None, self._ms_json(404, None, f"revision {revision} not found", head)
+        return repo, 0
+
+    def _ms_info(self, repo_id: str, head: bool) -> int:
+        repo, err = self._ms_repo(repo_id, "master", head)
+        if repo is None:
+            return err
+        owner, name = repo.repo_id.split("/")
+        data = {"Path": owner, "Name": name, "Id": repo.commit[:12], "Private": True}
+        return self._ms_json(200, data, "success", head)
+
+    def _ms_files(self, repo_id: str, revision: str, head: bool) -> int:
+        repo, err = self._ms_repo(repo_id, revision, head)
+        if repo is None:
+            return err
+        files = [
+            {
+                "Name": f.path.rsplit("/", 1)[-1],
+                "Path": f.path,
+                "Type": "blob",
+                "Size": f.size,
+                "Sha256": f.sha256,
+                "IsLFS": f.lfs,
+                "Revision": repo.commit,
+            }
+            for f in sorted(repo.files.values(), key=lambda f: f.path)
+        ]
+        return self._ms_json(200, {"Files": files}, "success", head)
+
+    def _ms_file(self, repo_id: str, revision: str, path: str, rng: str | None, head: bool) -> int:
+        repo, err = self._ms_repo(repo_id, revision, head)
+        if repo is None:
+            return err
+        f = repo.files.get(path)
+        if f is None:
+            return self._ms_json(404, None, f"file {path} not found", head)
+        return self._file(repo, f, rng, head)
+
+    # -- a file's bytes, for both APIs
+
+    def _file(self, repo: Repo, f: RepoFile, rng: str | None, head: bool) -> int:
         start, end = 0, f.size - 1
         status = 200
         if rng is not None and not head:
@@ -343,6 +418,10 @@ class HubHandler(BaseHTTPRequestHandler):
         if not head:
             self.wfile.write(data)
         return status
+
+    def _ms_json(self, status: int, data: object, message: str, head: bool) -> int:
+        body = {"Code": status, "Message": message, "Data": data, "Success": status == 200}
+        return self._json(status, body, head)
 
     def _error(
         self, status: int, code: str | None, message: str, head: bool, repo: Repo | None = None
