@@ -123,7 +123,8 @@ class DownloadSpec:
     path: str
     revision: str | None = None
     endpoint: str | None = None
-    """Hub mirror: ``HF_ENDPOINT`` (URL) or ``MODELSCOPE_DOMAIN`` for ModelScope."""
+    """Hub mirror URL: ``HF_ENDPOINT``, or for ModelScope ``MODELSCOPE_ENDPOINT`` (and
+    ``MODELSCOPE_DOMAIN`` without the scheme, for older releases)."""
     token: Literal["none", "stdin", "file"] = "none"
     """``stdin``: the first line of standard input (give the secret as the remote
     command's ``stdin``); ``file``: read from ``token_file`` on the host (must be 0600)."""

@@ -45,7 +45,11 @@ case "$SOURCE" in
     ARGS=(--model "$MODEL_ID" --local_dir "$WPATH")
     [ -z "$REVISION" ] || ARGS+=(--revision "$REVISION")
     if [ -n "$TOKEN" ]; then export MODELSCOPE_API_TOKEN="$TOKEN"; fi
-    if [ -n "$ENDPOINT" ]; then export MODELSCOPE_DOMAIN="$ENDPOINT"; fi
+    # MODELSCOPE_ENDPOINT (a URL) for modelscope built on modelscope_hub (1.40); older releases
+    # read MODELSCOPE_DOMAIN as a host name and put https:// in front of it.
+    if [ -n "$ENDPOINT" ]; then
+      export MODELSCOPE_ENDPOINT="$ENDPOINT" MODELSCOPE_DOMAIN="${ENDPOINT#*://}"
+    fi
     ;;
 esac
 unset TOKEN
@@ -56,7 +60,7 @@ log "downloading $MODEL_ID${REVISION:+@$REVISION} from $SOURCE${ENDPOINT:+ ($END
 # refused token (no retry can fix it) from a network error. The CLIs never print the token.
 CLI_LOG=$(mktemp)
 trap 'rm -f -- "$CLI_LOG"' EXIT
-AUTH_REFUSED='401 Unauthorized|403 Forbidden|40[13] Client Error|Invalid credentials|Invalid user token'
+AUTH_REFUSED='401 Unauthorized|403 Forbidden|40[13] Client Error|\[40[13]\] |Invalid credentials|Invalid user token'
 n=1
 # A retry skips the files already complete. A partly downloaded file starts over with
 # huggingface_hub >= 1.18 (its partial files are per process and never reused); older
