@@ -160,10 +160,29 @@ def hf_bin(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def ms_bin(tmp_path: Path) -> Path:
+    """A directory with the real ``modelscope`` CLI of the installed modelscope, for PATH."""
+    pytest.importorskip("modelscope", reason="modelscope (requirements-dev.txt)")
+    real = Path(sys.executable).parent / "modelscope"
+    if not real.exists():
+        pytest.fail(
+            f"the modelscope CLI is missing beside {sys.executable}: pip install modelscope"
+        )
+    d = tmp_path / "msbin"
+    d.mkdir()
+    (d / "modelscope").symlink_to(real)
+    return d
+
+
+@pytest.fixture
 def hf_env(tmp_path: Path) -> dict[str, str]:
-    """This machine's environment without any hub setting, and a private HF_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env["HF_HOME"] = str(tmp_path / "hf-home")
+    """This machine's environment without any hub setting; a private HOME and hub caches."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "MODELSCOPE"))
+    }
+    env["HOME"] = str(tmp_path / "home")
+    env["HF_HOME"] = str(tmp_path / "home" / "hf")
+    env["MODELSCOPE_CACHE"] = str(tmp_path / "home" / "modelscope")
     return env
 
 
@@ -173,7 +192,7 @@ def hf_env(tmp_path: Path) -> dict[str, str]:
 def download_script(hub: Hub, path: Path, tmp_path: Path, **kw: Any) -> str:
     spec = DownloadSpec(
         host="lab-1",
-        source="huggingface",
+        source=kw.pop("source", "huggingface"),
         model_id=REPO_ID,
         path=str(path),
         endpoint=hub.url,
@@ -235,11 +254,13 @@ def wait_sampling(run: Run, timeout: float = 120) -> int:
     return run.proc.returncode
 
 
-def assert_token_nowhere(token: str, run: Run, hub: Hub, *trees: Path) -> None:
+def assert_token_nowhere(
+    token: str, run: Run, hub: Hub, *trees: Path, cli: str = "hf download"
+) -> None:
     out, err = run.text()
     assert token not in out and token not in err, "the token is in the step's output"
     assert token not in hub.log.read_text(), "the token is in the hub's log"
-    seen = [s for s in run.ps if "hf download" in s]
+    seen = [s for s in run.ps if cli in s]
     assert seen, "ps never saw the download running (nothing was checked)"
     assert not [s for s in run.ps if token in s], "the token is on a command line (ps)"
     for tree in trees:
@@ -296,7 +317,7 @@ def test_rendered_step_downloads_with_the_real_hf_cli_token_off_argv_and_logs(
     for rel in files:
         assert sha(path / rel) == sha(repo / rel), rel
     assert h.sent() == files
-    assert_token_nowhere(TOKEN, run, h, path, tmp_path / "state", Path(hf_env["HF_HOME"]))
+    assert_token_nowhere(TOKEN, run, h, path, tmp_path / "state", Path(hf_env["HOME"]))
 
     again = start_script(script, TOKEN + "\n", hf_env, hf_bin, tmp_path, "again")
     assert again.proc.wait(timeout=60) == 0, again.text()[1]
@@ -366,7 +387,7 @@ def test_killed_download_resumes_without_fetching_complete_files_again(
     for rel in files:
         assert sha(path / rel) == sha(repo / rel), rel
     assert not list(path.rglob("*.incomplete")), "partial files of the killed run were left"
-    assert_token_nowhere(TOKEN, second, h, path, tmp_path / "state", Path(hf_env["HF_HOME"]))
+    assert_token_nowhere(TOKEN, second, h, path, tmp_path / "state", Path(hf_env["HOME"]))
 
 
 def test_dropped_connection_is_resumed_with_range_by_the_client(
@@ -432,3 +453,85 @@ def test_wrong_token_fails_at_once_naming_the_hub_token_key(
     run = start_script(script, "", hf_env, hf_bin, tmp_path, "none")
     assert run.proc.wait(timeout=60) == 1
     assert "(vllm-cluster:hubToken)" in run.text()[1]
+
+
+# --- ModelScope: the real modelscope CLI (modelscope_hub) against the same fixture -----------
+
+
+def test_rendered_step_with_the_real_modelscope_cli_continues_a_part_way_file(
+    tiny_model: Path, tmp_path: Path, hub: HubFactory, ms_bin: Path, hf_env: dict[str, str]
+) -> None:
+    """modelscope keeps ``<file>.incomplete`` beside the file and continues it with ``Range``:
+    after a kill, the next run fetches only the rest of the part-way file."""
+    needs_tools("python3", "ps")
+    mib = 1024 * 1024
+    big = {"big-b.bin": 3 * mib}
+    repo = make_repo(tiny_model, tmp_path, big)
+    files = served_files(repo)
+    total = sum(files.values())
+    h = hub(repo, throttle=(f"big-b.bin={3 * mib // 2}",))
+    path = tmp_path / "data" / "models" / "tiny"
+    script = download_script(h, path, tmp_path, source="modelscope")
+    assert TOKEN not in script
+
+    first = start_script(script, TOKEN + "\n", hf_env, ms_bin, tmp_path, "first")
+    deadline = time.monotonic() + 60
+    while True:
+        sample_ps(first)
+        sent = h.sent()
+        others_done = all(sent.get(k) == v for k, v in files.items() if k not in big)
+        if others_done and sent.get("big-b.bin", 0) >= mib:
+            break
+        assert first.proc.poll() is None, f"the step ended before the kill:\n{first.text()[1]}"
+        assert time.monotonic() < deadline, f"no progress: {sent}"
+        time.sleep(0.05)
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    while not [r for r in h.stats()["requests"] if r["status"] == 499]:
+        assert time.monotonic() < deadline, "the hub never saw the client go away"
+        time.sleep(0.05)
+    run1 = h.sent()
+    partial = (path / "big-b.bin.incomplete").stat().st_size
+    assert 0 < partial < big["big-b.bin"]
+    assert_token_nowhere(TOKEN, first, h, path, tmp_path / "state", cli="modelscope download")
+
+    second = start_script(script, TOKEN + "\n", hf_env, ms_bin, tmp_path, "second")
+    rc = wait_sampling(second)
+    out, err = second.text()
+    assert rc == 0, err
+    run2 = {k: v - run1.get(k, 0) for k, v in h.sent().items()}
+    print(
+        f"\nmodelscope resume: repo {total} B; run 1 (killed) served {sum(run1.values())} B, "
+        f"{partial} B of big-b.bin on disk; run 2 served {sum(run2.values())} B: "
+        f"{json.dumps({k: v for k, v in run2.items() if v})}"
+    )
+    # Only the rest of the part-way file, asked for from where the partial file ends.
+    assert {k: v for k, v in run2.items() if v} == {"big-b.bin": big["big-b.bin"] - partial}
+    ranged = [r for r in h.stats()["requests"] if r["range"] and r["path"].endswith("/repo")]
+    assert [(r["status"], r["range"]) for r in ranged] == [(206, f"bytes={partial}-")]
+    assert json.loads(out)["files"] == len(files)
+    for rel in files:
+        assert sha(path / rel) == sha(repo / rel), rel
+    assert not list(path.rglob("*.incomplete"))
+    assert_token_nowhere(
+        TOKEN, second, h, path, tmp_path / "state", Path(hf_env["HOME"]), cli="modelscope download"
+    )
+
+
+def test_modelscope_wrong_token_fails_at_once_naming_the_hub_token_key(
+    tiny_model: Path, tmp_path: Path, hub: HubFactory, ms_bin: Path, hf_env: dict[str, str]
+) -> None:
+    needs_tools("python3")
+    h = hub(make_repo(tiny_model, tmp_path))
+    wrong = "ms_wrong_t0ken_not_this_one"
+    path = tmp_path / "data" / "models" / "tiny"
+    script = download_script(h, path, tmp_path, source="modelscope", attempts=3)
+    run = start_script(script, wrong + "\n", hf_env, ms_bin, tmp_path, "wrong")
+    assert run.proc.wait(timeout=60) == 1
+    out, err = run.text()
+    assert out == ""
+    assert "the hub refused the token for lab/tiny-llama (HTTP 401/403)" in err
+    assert "pulumi config set --secret vllm-cluster:hubToken" in err
+    assert "download attempt 1/3 failed" not in err
+    assert wrong not in err
+    assert h.sent() == {}
