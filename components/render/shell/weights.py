@@ -123,7 +123,8 @@ class DownloadSpec:
     path: str
     revision: str | None = None
     endpoint: str | None = None
-    """Hub mirror: ``HF_ENDPOINT`` (URL) or ``MODELSCOPE_DOMAIN`` for ModelScope."""
+    """Hub mirror URL: ``HF_ENDPOINT``, or for ModelScope ``MODELSCOPE_ENDPOINT`` (and
+    ``MODELSCOPE_DOMAIN`` without the scheme, for older releases)."""
     token: Literal["none", "stdin", "file"] = "none"
     """``stdin``: the first line of standard input (give the secret as the remote
     command's ``stdin``); ``file``: read from ``token_file`` on the host (must be 0600)."""
@@ -137,7 +138,9 @@ class DownloadSpec:
     """Where the ownership records live on the host (tests point it elsewhere)."""
     attempts: int = 3
     retry_delay_s: int = 15
-    """Wait before retry n is n x this (the CLIs resume, so retries continue)."""
+    """Wait before retry n is n x this. A retry keeps the files already complete (a file
+    that was part-way starts over with huggingface_hub >= 1.18). A refused token (HTTP
+    401/403) is not retried: the step stops naming ``vllm-cluster:hubToken``."""
 
 
 def _marker(spec: DownloadSpec) -> str:
@@ -150,7 +153,7 @@ def _marker(spec: DownloadSpec) -> str:
 
 def weights_download(spec: DownloadSpec) -> str:
     """Render the hub download: skipped when the marker of this (source, id, revision) is
-    there and the directory verifies; else the hub CLI (resumable) runs, up to ``attempts``
+    there and the directory verifies; else the hub CLI runs, up to ``attempts``
     times, then the manifest is written, the directory verified and the marker written.
     Prints the verify JSON line on stdout."""
     if spec.source not in ("modelscope", "huggingface"):

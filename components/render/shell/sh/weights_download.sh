@@ -36,6 +36,8 @@ case "$SOURCE" in
     # Environment, not argv: a command line is visible to every user in ps.
     if [ -n "$TOKEN" ]; then export HF_TOKEN="$TOKEN"; fi
     if [ -n "$ENDPOINT" ]; then export HF_ENDPOINT="$ENDPOINT"; fi
+    # No PyPI version check (nor the hint it prints) from a server: it may be air-gapped.
+    export HF_HUB_DISABLE_UPDATE_CHECK=1
     ;;
   modelscope)
     command -v modelscope >/dev/null 2>&1 || die "modelscope not found. Fix: pip install -U modelscope on $HOST"
@@ -43,21 +45,42 @@ case "$SOURCE" in
     ARGS=(--model "$MODEL_ID" --local_dir "$WPATH")
     [ -z "$REVISION" ] || ARGS+=(--revision "$REVISION")
     if [ -n "$TOKEN" ]; then export MODELSCOPE_API_TOKEN="$TOKEN"; fi
-    if [ -n "$ENDPOINT" ]; then export MODELSCOPE_DOMAIN="$ENDPOINT"; fi
+    # MODELSCOPE_ENDPOINT (a URL) for modelscope built on modelscope_hub (1.40); older releases
+    # read MODELSCOPE_DOMAIN as a host name and put https:// in front of it.
+    if [ -n "$ENDPOINT" ]; then
+      export MODELSCOPE_ENDPOINT="$ENDPOINT" MODELSCOPE_DOMAIN="${ENDPOINT#*://}"
+    fi
     ;;
 esac
 unset TOKEN
 
 rm -f -- "$WPATH/$MARKER"
 log "downloading $MODEL_ID${REVISION:+@$REVISION} from $SOURCE${ENDPOINT:+ ($ENDPOINT)} to $WPATH"
+# The CLI's output goes to stderr as it comes and to a private file, read only to tell a
+# refused token (no retry can fix it) from a network error. The CLIs never print the token.
+CLI_LOG=$(mktemp)
+trap 'rm -f -- "$CLI_LOG"' EXIT
+AUTH_REFUSED='401 Unauthorized|403 Forbidden|40[13] Client Error|\[40[13]\] |Invalid credentials|Invalid user token'
 n=1
-# Both CLIs resume partial files, so a retry continues where the last attempt stopped.
-until "${CLI[@]}" "${ARGS[@]}" </dev/null >&2; do
-  [ "$n" -lt "$ATTEMPTS" ] || die "download of $MODEL_ID failed $ATTEMPTS times. Fix: check the network/mirror (model.hub_endpoint) and the token (vllm-cluster:hubToken), then re-run: it resumes"
-  log "download attempt $n/$ATTEMPTS failed; retrying in $(( n * RETRY_DELAY )) s"
+# A retry skips the files already complete. A partly downloaded file starts over with
+# huggingface_hub >= 1.18 (its partial files are per process and never reused); older
+# releases and modelscope continue it.
+while :; do
+  rc=0
+  "${CLI[@]}" "${ARGS[@]}" </dev/null 2>&1 | tee "$CLI_LOG" >&2 || rc=${PIPESTATUS[0]}
+  [ "$rc" != 0 ] || break
+  if grep -qE "$AUTH_REFUSED" "$CLI_LOG"; then
+    die "the hub refused the token for $MODEL_ID (HTTP 401/403). Fix: pulumi config set --secret vllm-cluster:hubToken <a token that can read $MODEL_ID>, then re-run"
+  fi
+  [ "$n" -lt "$ATTEMPTS" ] || die "download of $MODEL_ID failed $ATTEMPTS times. Fix: check the network/mirror (model.hub_endpoint) and the token (vllm-cluster:hubToken), then re-run: files already complete are kept"
+  log "download attempt $n/$ATTEMPTS failed (exit $rc); retrying in $(( n * RETRY_DELAY )) s"
   sleep $(( n * RETRY_DELAY )); n=$(( n + 1 ))
 done
 unset HF_TOKEN MODELSCOPE_API_TOKEN
+# Partial files that an interrupted huggingface_hub (>= 1.18) left behind: none is read again.
+if [ -d "$WPATH/.cache/huggingface/download" ]; then
+  find "$WPATH/.cache/huggingface/download" -xdev -type f -name '*.incomplete' -delete
+fi
 log "downloaded; writing the manifest"
 if [ "$MANIFEST_SHA" = 1 ]; then wtool build "$WPATH" --sha256 >/dev/null; else wtool build "$WPATH" >/dev/null; fi
 SUMMARY=$(wtool verify "$WPATH" --mode "$MODE" --host "$HOST" --require-manifest)
