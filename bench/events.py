@@ -74,18 +74,20 @@ class EventTail:
 
 
 def up_with_event_log(
-    stack: PulumiStack, events_path: Path, started: float
+    stack: PulumiStack, events_path: Path, started: float, extra_args: tuple[str, ...] = ()
 ) -> tuple[CommandResult, list[Stamped]]:
-    """`pulumi up --yes --skip-preview` on `stack` with the engine's event log followed as it
-    is written (times relative to `started`); the events are returned even when up fails
-    (the PulumiCommandError then propagates)."""
+    """`pulumi up --yes --skip-preview [extra_args]` on `stack` with the engine's event log
+    followed as it is written (times relative to `started`); the events are returned even
+    when up fails (the PulumiCommandError then propagates)."""
     events_path.unlink(missing_ok=True)
     tail = EventTail(events_path, started).start()
     # `--event-log` is offered only with PULUMI_DEBUG_COMMANDS (it changes nothing else).
     stack.env["PULUMI_DEBUG_COMMANDS"] = "true"
     events: list[Stamped] = []
     try:
-        result = stack.run("up", "--yes", "--skip-preview", "--event-log", str(events_path))
+        result = stack.run(
+            "up", "--yes", "--skip-preview", *extra_args, "--event-log", str(events_path)
+        )
     finally:
         events[:] = tail.stop()
         del stack.env["PULUMI_DEBUG_COMMANDS"]

@@ -406,8 +406,16 @@ def run_pulumi(count: int, logdir: Path, tag: str) -> dict[str, Any]:
             raise RuntimeError(f"endpoint {out['endpoint']} answered {answer.status_code}")
         save_container_logs(count, logdir / f"containers-{tag}.log")
 
-        noop = stack.up(expect_no_changes=True)
+        started = time.monotonic()
+        noop, noop_events = up_with_event_log(
+            stack, logdir / f"events-{tag}-noop.jsonl", started, ("--expect-no-changes",)
+        )
         result["noop_up_s"] = round(noop.duration_s, 2)
+        # Where a no-change up spends its time: starting up, and when the last drift check
+        # of any host answered (its diff is the only step that leaves this machine).
+        result["noop_phases"] = phases(noop_events, result["noop_up_s"])
+        checks = [s.end_s for s in step_timings(noop_events) if s.name.endswith("-check")]
+        result["noop_checks_done_s"] = round(max(checks), 2) if checks else None
         # The same, with the engine asking the drift checks' diffs one at a time (its default).
         del stack.env["PULUMI_PARALLEL_DIFF"]
         serial = stack.up(expect_no_changes=True)
@@ -469,6 +477,9 @@ def summarize(
                 [r["noop_up_serial_diff_s"] for r in pulumi if "noop_up_serial_diff_s" in r]
             ),
             "destroy_s": median([r["destroy_s"] for r in pulumi]),
+            "noop_checks_done_s": median(
+                [r["noop_checks_done_s"] for r in pulumi if r.get("noop_checks_done_s")]
+            ),
         }
         row["ratio"] = (
             round(row["up_s"] / row["manual_s"], 3) if row["up_s"] and row["manual_s"] else None
@@ -608,6 +619,14 @@ def budget_section(name: str, summary: dict[str, Any]) -> list[str]:
         "",
         f"Growth from 1 to {GROWTH_HOSTS} hosts: (b) {fmt(summary['growth_up'])}, "
         f"(c) {fmt(summary['growth_noop_up'])}",
+        "",
+        "(c), when the last drift check answered (the one step of a no-change up that leaves "
+        "this machine; median seconds since it started): "
+        + (
+            ", ".join(
+                f"{n} host(s) {fmt(row.get('noop_checks_done_s'), ' s')}" for n, row in per.items()
+            )
+        ),
         "",
         "CPU seconds used during (a) and (b) (medians): by the lab hosts (their dockerd and "
         "engine containers; `busiest` is the host that used most), by the operator side "
