@@ -27,6 +27,7 @@ from components.render.operator_files import (
 )
 from components.render.ssh import SshTarget
 from components.resources.containers import deployment_owner
+from components.resources.remote_check import DriftPrefetch, drift_checks
 from components.resources.steps import Bastion, HostConnection
 from components.settings import NAMESPACE, Settings, SettingsError, load_settings
 from components.settings_source import read_stack_config
@@ -108,6 +109,18 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
         r.host.name: host_connection(r.host.name, r.ssh, files, private_key) for r in dep.retention
     }
 
+    # First and depending on nothing: every host's drift checks start together on each
+    # preview/up, and the hosts' checks below find their answers (one SSH round trip per host).
+    DriftPrefetch(
+        "drift-prefetch",
+        {
+            hd.host.name: (
+                hd.ssh.ssh_command(),
+                drift_checks(hd.scripts.image_present, hd.weights.verify),
+            )
+            for hd in dep.hosts
+        },
+    )
     hosts = {
         hd.host.name: GpuHost(
             hd.host.name,

@@ -19,7 +19,7 @@ from pulumi_command import local, remote
 
 from components.render.deployment import HostScripts
 from components.render.ssh import SshTarget
-from components.resources.remote_check import RemoteCheck
+from components.resources.remote_check import RemoteCheck, drift_checks
 from components.resources.steps import HostConnection, local_step, remote_step
 
 
@@ -100,11 +100,7 @@ class GpuHost(pulumi.ComponentResource):
 
         # Every drift check of this host carries all of its scripts: the first one asked runs
         # them all in one SSH round trip (components/resources/remote_check.py).
-        self.drift_checks = {
-            part: script
-            for part, script in (("image", s.image_present), ("weights", args.weights_verify))
-            if script
-        }
+        self.drift_checks = drift_checks(s.image_present, args.weights_verify)
         triggers: list[Any] | None = None
         if s.image_present:
             check = RemoteCheck(

@@ -11,11 +11,16 @@ again. When everything is in place it changes nothing.
 One SSH round trip per host, not per check: every check of a host (its engine image, its
 weights) carries all of that host's check scripts (`checks`) and its own name (`part`). The
 first diff of a host runs all of them in one bash and the provider process keeps the result
-for a few seconds, so the host's other checks answer from it. A no-change `up` on many
-hosts waits for round trips (the engine asks one diff at a time unless PULUMI_PARALLEL_DIFF
-is set, and this provider answers at most 4 at once), so this halves what it waits for,
-while each check stays its own resource: a preview still names exactly which step runs
-again (one resource's outputs are unknown in a preview as a whole).
+for a few seconds, so the host's other checks answer from it. Each check stays its own
+resource, so a preview still names exactly which step runs again (one resource's outputs
+are unknown in a preview as a whole).
+
+All hosts at once: the engine asks one diff at a time unless PULUMI_PARALLEL_DIFF is set,
+this provider answers at most 4 at once, and a host's checks register only after its
+preflight, so on many hosts a no-change `up` would wait for the round trips in waves. A
+DriftPrefetch, registered first and depending on nothing, carries every host's checks; its
+diff starts all hosts' round trips together (one thread each) into the same results, so the
+checks find their answer ready or on its way.
 
 The class names and module path are kept: state of earlier releases pickled
 `RemoteCheckProvider` from here with a single `script`; diff reads that as the part's script.
@@ -119,6 +124,13 @@ class _HostResults:
 HOST_RESULTS = _HostResults()
 
 
+def drift_checks(image_present: str | None, weights_verify: str | None) -> dict[str, str]:
+    """A host's drift check scripts by part: what its RemoteChecks and the DriftPrefetch
+    carry (the same dict, so they share one result)."""
+    parts = (("image", image_present), ("weights", weights_verify))
+    return {part: script for part, script in parts if script}
+
+
 def _script(props: Mapping[str, Any]) -> str | None:
     """The check's own script (earlier releases stored it alone, as `script`)."""
     checks = props.get("checks")
@@ -149,6 +161,59 @@ class RemoteCheckProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         return ReadResult(id_=id_, outs=props)
+
+
+class DriftPrefetchProvider(ResourceProvider):
+    """Runs every host's checks at once in diff, for the RemoteChecks to find; changes
+    nothing and guards nothing itself."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_="drift-prefetch", outs=props)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        hosts: Mapping[str, Mapping[str, Any]] = news["hosts"]
+        threads = [
+            threading.Thread(
+                target=HOST_RESULTS.failed,
+                args=(list(host["ssh_argv"]), dict(host["checks"])),
+                daemon=True,
+            )
+            for host in hosts.values()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(CHECK_TIMEOUT_S + 5)
+        # Its own inputs are all it may change: new hosts or scripts are stored, no more.
+        return DiffResult(changes=olds.get("hosts") != news["hosts"])
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=news)
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        return ReadResult(id_=id_, outs=props)
+
+
+class DriftPrefetch(Resource):
+    """Every host's drift checks, run together at the start of each preview and up."""
+
+    def __init__(
+        self,
+        name: str,
+        hosts: Mapping[str, tuple[list[str], Mapping[str, str]]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__(
+            DriftPrefetchProvider(),
+            name,
+            {
+                "hosts": {
+                    host: {"ssh_argv": list(ssh_argv), "checks": dict(checks)}
+                    for host, (ssh_argv, checks) in hosts.items()
+                }
+            },
+            opts,
+        )
 
 
 class RemoteCheck(Resource):

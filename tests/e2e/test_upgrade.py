@@ -147,6 +147,7 @@ def test_previous_release_stack_upgrades_in_place(lab: Any, upgrade_env: dict[st
         assert kinds["serving-ready"] == "command:remote:Command"
         dynamic = sorted(n for n, t in kinds.items() if t == "pulumi-python:dynamic:Resource")
         assert dynamic == [
+            "drift-prefetch",
             "lab-1-image-check",
             "lab-2-image-check",
             "serving-ray-token",

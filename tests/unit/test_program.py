@@ -180,6 +180,11 @@ def test_two_hosts_with_the_ray_backend_become_a_ray_cluster(project: Path) -> N
     weights_check = mocks.named("weights-n2-check").inputs
     assert weights_check["part"] == "weights" and weights_check["checks"] == check["checks"]
     assert check["checks"]["weights"] in mocks.named("weights-n2-fetch").script
+    # ... and the prefetch that starts every host's round trip at once carries the same
+    # scripts and argv, so the checks find its results.
+    prefetched = mocks.named("drift-prefetch").inputs["hosts"]
+    assert sorted(prefetched) == ["n1", "n2"]
+    assert prefetched["n2"] == {"ssh_argv": check["ssh_argv"], "checks": check["checks"]}
     assert len(mocks.named("n2-image-load").inputs["triggers"]) == 1
     # Local weights: the operator machine pushes them to every host (distribute: each).
     for name in ("n1", "n2"):

@@ -6,6 +6,7 @@ tests: drift of weights and images)."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,37 @@ def test_check_needs_bash_and_fails_on_timeout_or_missing_client() -> None:
     assert run_check(["/nonexistent/ssh"], "true") is False
     assert run_checks(["/nonexistent/ssh"], {"a": "true", "b": "true"}) == {"a", "b"}
     assert run_checks([], {}) == set()
+
+
+def test_prefetch_runs_every_host_at_once_and_the_checks_answer_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(remote_check, "HOST_RESULTS", remote_check._HostResults())
+    hosts: dict[str, Any] = {}
+    for name in ("h1", "h2", "h3"):
+        runs = tmp_path / f"runs-{name}"
+        # A round trip of 1 s per host (a shell standing in for ssh: the argv differs per host).
+        checks = {"image": f"sleep 1; echo run >> {runs}", "weights": "true"}
+        hosts[name] = {"ssh_argv": ["bash", "-c", f': {name}; exec bash -c "$1"', "-"]}
+        hosts[name]["checks"] = checks
+    prefetch = remote_check.DriftPrefetchProvider()
+    olds = prefetch.create({"hosts": hosts}).outs or {}
+    t = time.monotonic()
+    assert prefetch.diff("p", olds, {"hosts": hosts}).changes is False
+    assert time.monotonic() - t < 2.5, "the hosts were checked one after another"
+    p = RemoteCheckProvider()
+    for name, host in hosts.items():
+        for part in ("image", "weights"):
+            check = {"label": f"{name}:{part}", **host, "part": part}
+            assert p.diff(part, {**check, "generation": 1}, check).changes is False
+        # One round trip per host: the prefetch's, none by the checks.
+        assert (tmp_path / f"runs-{name}").read_text() == "run\n"
+    # New hosts or scripts are its only change (stored, nothing runs again because of it).
+    more = {**hosts, "h4": hosts["h1"]}
+    assert prefetch.diff("p", olds, {"hosts": more}).changes is True
+
+
+def test_drift_checks_are_the_parts_a_host_has() -> None:
+    assert remote_check.drift_checks("img", "w") == {"image": "img", "weights": "w"}
+    assert remote_check.drift_checks(None, "w") == {"weights": "w"}
+    assert remote_check.drift_checks("", None) == {}
