@@ -143,6 +143,23 @@ def test_second_up_changes_nothing(deployed: tuple[PulumiStack, dict[str, Any]])
         assert loads.stdout.split() == [], f"lab-{h} loaded an image again: {loads.stdout}"
 
 
+def test_too_few_parallel_operations_are_named_with_the_fix(
+    deployed: tuple[PulumiStack, dict[str, Any]],
+) -> None:
+    stack, _ = deployed
+    # 2 hosts run up to 8 operations at once; with 4 they would wait for each other.
+    try:
+        stack.env["PULUMI_PARALLEL"] = "4"
+        few = stack.preview(expect_no_changes=True)
+        stack.env["PULUMI_PARALLEL"] = "8"
+        enough = stack.preview(expect_no_changes=True)
+    finally:
+        del stack.env["PULUMI_PARALLEL"]
+    assert "pulumi runs 4 operations at a time" in few.output, few.output
+    assert "--parallel 8" in few.output and "PULUMI_PARALLEL=8" in few.output
+    assert "operations at a time" not in enough.output, enough.output
+
+
 def test_removed_weight_file_is_restored_by_next_up(
     deployed: tuple[PulumiStack, dict[str, Any]],
 ) -> None:
