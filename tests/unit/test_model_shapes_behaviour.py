@@ -254,6 +254,32 @@ def _value_of(keys: str, raw: dict[str, Any]) -> int:
             ["num_attention_heads x head_dim"],
             id="gqa-q-rows",
         ),
+        # blocks of 128 output rows x 64 input columns: q_proj's 192 rows per GPU do not
+        # fill whole blocks, o_proj's 192 input columns do; 64 x 128 the other way round
+        pytest.param(
+            _tiny_gqa(
+                "llama",
+                hidden_size=384,
+                num_attention_heads=6,
+                quantization_config={"quant_method": "fp8", "weight_block_size": [128, 64]},
+            ),
+            2,
+            False,
+            ["num_attention_heads x head_dim"],
+            id="gqa-q-rows-only",
+        ),
+        pytest.param(
+            _tiny_gqa(
+                "llama",
+                hidden_size=384,
+                num_attention_heads=6,
+                quantization_config={"quant_method": "fp8", "weight_block_size": [64, 128]},
+            ),
+            2,
+            False,
+            ["num_attention_heads x head_dim"],
+            id="gqa-o-columns-only",
+        ),
         # q_b_proj 4 x (64 + 32) / 2 = 192; kv_b 4 x 128 / 2 = 256 and o 4 x 64 / 2 = 128 fit;
         # the experts' 128 / 2 = 64 rows do not, routed or shared
         pytest.param(
