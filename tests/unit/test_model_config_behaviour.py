@@ -171,6 +171,23 @@ def _with(name: str, **changes: Any) -> dict[str, Any]:
             _with("deepseek-r1", q_lora_rank=1536.5),
             "config.json `q_lora_rank` must be an integer, got 1536.5",
         ),
+        # an optional size or step, when present, is still a positive integer
+        (
+            _with("qwen3-30b-a3b", decoder_sparse_step=0),
+            "config.json `decoder_sparse_step` must be positive, got 0",
+        ),
+        (
+            _with("deepseek-r1", moe_layer_freq=0),
+            "config.json `moe_layer_freq` must be positive, got 0",
+        ),
+        (
+            _with("deepseek-r1", moe_layer_freq=-1),
+            "config.json `moe_layer_freq` must be positive, got -1",
+        ),
+        (
+            _with("llama-3-8b", model_type="gemma2", architectures=None, hidden_size=0),
+            "config.json `hidden_size` must be positive, got 0",
+        ),
         (
             _with("llama-3-8b", quantization_config="fp8"),
             "config.json `quantization_config` must be an object",
