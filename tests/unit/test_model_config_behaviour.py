@@ -189,6 +189,46 @@ def _with(name: str, **changes: Any) -> dict[str, Any]:
             "config.json `hidden_size` must be positive, got 0",
         ),
         (
+            _with("llama-3-8b", num_key_value_heads=8.5),
+            "config.json `num_key_value_heads` must be an integer, got 8.5",
+        ),
+        (
+            _with("llama-3-8b", head_dim=64.5),
+            "config.json `head_dim` must be an integer, got 64.5",
+        ),
+        (
+            _with("llama-3-8b", max_position_embeddings="8192"),
+            "config.json `max_position_embeddings` must be an integer, got '8192'",
+        ),
+        (
+            _with("llama-3-8b", model_type="gemma2", architectures=None, vocab_size=1000.5),
+            "config.json `vocab_size` must be an integer, got 1000.5",
+        ),
+        (
+            _with("llama-3-8b", model_type="gemma2", architectures=None, intermediate_size="big"),
+            "config.json `intermediate_size` must be an integer, got 'big'",
+        ),
+        (
+            _with("deepseek-r1", n_routed_experts=256.5),
+            "config.json `n_routed_experts` must be an integer, got 256.5",
+        ),
+        (
+            _with("deepseek-r1", num_experts_per_tok=8.5),
+            "config.json `num_experts_per_tok` must be an integer, got 8.5",
+        ),
+        (
+            _with("deepseek-r1", n_shared_experts=1.5),
+            "config.json `n_shared_experts` must be an integer, got 1.5",
+        ),
+        (
+            _with("deepseek-r1", first_k_dense_replace=3.5),
+            "config.json `first_k_dense_replace` must be an integer, got 3.5",
+        ),
+        (
+            _with("deepseek-r1", num_nextn_predict_layers=1.5),
+            "config.json `num_nextn_predict_layers` must be an integer, got 1.5",
+        ),
+        (
             _with("llama-3-8b", quantization_config="fp8"),
             "config.json `quantization_config` must be an object",
         ),
@@ -327,6 +367,14 @@ _LLAMA_8B = {
         (_with("llama-3-8b", torch_dtype=None), _LLAMA_8B),
         # an unusual model_type is recognised by its architecture
         (_with("llama-3-8b", model_type="llama-custom"), _LLAMA_8B),
+        (
+            _raw("mistral-7b-v0.1"),
+            {**_LLAMA_8B, "architecture": "MistralForCausalLM", "family": "mistral"},
+        ),
+        (
+            _raw("mixtral-8x7b"),
+            {**_LLAMA_8B, "architecture": "MixtralForCausalLM", "family": "mixtral"},
+        ),
         # Qwen2 always has q/k/v biases, hidden 3584 / 28 heads = 128
         (
             _raw("qwen2-7b"),
@@ -364,6 +412,18 @@ _LLAMA_8B = {
                 "kv_heads": 4,
                 "qk_norm": True,
                 "qkv_bias": True,
+            },
+        ),
+        (
+            _with("qwen3-30b-a3b", attention_bias=None),
+            {
+                **_LLAMA_8B,
+                "architecture": "Qwen3MoeForCausalLM",
+                "family": "qwen3_moe",
+                "layers": 48,
+                "heads": 32,
+                "kv_heads": 4,
+                "qk_norm": True,
             },
         ),
         (
@@ -466,11 +526,11 @@ def _moe(model: ModelConfig) -> dict[str, Any]:
                 "moe_layers": list(range(48)),
             },
         ),
-        # layers 0..5, experts every 2nd layer counting from 1 (layer i when (i+1) % 2 == 0),
-        # layer 3 MLP-only: 1 and 5
+        # layers 0..8, experts every 3rd layer counting from 1 (layer i when (i+1) % 3 == 0:
+        # 2, 5, 8), layer 5 MLP-only: 2 and 8
         (
             _with(
-                "qwen3-30b-a3b", num_hidden_layers=6, decoder_sparse_step=2, mlp_only_layers=[0, 3]
+                "qwen3-30b-a3b", num_hidden_layers=9, decoder_sparse_step=3, mlp_only_layers=[0, 5]
             ),
             {
                 "experts": 128,
@@ -479,7 +539,7 @@ def _moe(model: ModelConfig) -> dict[str, Any]:
                 "shared": 0,
                 "router_bias": False,
                 "mtp": 0,
-                "moe_layers": [1, 5],
+                "moe_layers": [2, 8],
             },
         ),
         # no decoder_sparse_step / mlp_only_layers keys: every layer
@@ -570,6 +630,14 @@ def test_parsed_experts_and_moe_layers(raw: dict[str, Any], expected: dict[str, 
 
 
 @pytest.mark.parametrize(
+    ("name", "size"), [("mixtral-8x7b", 14336), ("qwen3-30b-a3b", 6144), ("deepseek-r1", 18432)]
+)
+def test_the_dense_mlp_width_of_a_moe_model(name: str, size: int) -> None:
+    """intermediate_size, as published (Mixtral's experts have that width too)."""
+    assert parse_model_config(_raw(name)).intermediate_size == size
+
+
+@pytest.mark.parametrize(
     ("q_lora_rank", "expected"), [(1536, 1536), (None, None), (0, None), (1536.0, 1536)]
 )
 def test_mla_shape(q_lora_rank: Any, expected: int | None) -> None:
@@ -607,6 +675,17 @@ def test_mla_shape(q_lora_rank: Any, expected: int | None) -> None:
             8192,
         ),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4}}, 32768),
+        # only yarn reads original_max_position_embeddings
+        (
+            {
+                "rope_scaling": {
+                    "rope_type": "dynamic",
+                    "factor": 2,
+                    "original_max_position_embeddings": 4096,
+                }
+            },
+            16384,
+        ),
         (
             {
                 "max_position_embeddings": None,
@@ -663,6 +742,10 @@ def _quant(qc: Any) -> Quantization:
             {"quant_method": "fp8", "weight_block_size": [128, 64]},
             Quantization("fp8", 8, block=(128, 64), source="fp8"),
         ),
+        (
+            {"quant_method": "fp8", "weight_block_size": [1, 128]},
+            Quantization("fp8", 8, block=(1, 128), source="fp8"),
+        ),
         # AutoAWQ's keys (w_bit, q_group_size) and the HF ones (bits, group_size)
         (
             {"quant_method": "awq", "bits": 4, "group_size": 128},
@@ -681,6 +764,15 @@ def _quant(qc: Any) -> Quantization:
         (
             {"quant_method": "gptq", "bits": 8, "group_size": -1},
             Quantization("gptq", 8, has_g_idx=True, has_zeros=True, source="gptq"),
+        ),
+        # a group of 0 columns is no grouping; a group of 1 is a scale per weight
+        (
+            {"quant_method": "gptq", "bits": 4, "group_size": 0},
+            Quantization("gptq", 4, has_g_idx=True, has_zeros=True, source="gptq"),
+        ),
+        (
+            {"quant_method": "awq", "bits": 4, "group_size": 1},
+            Quantization("awq", 4, group_size=1, has_zeros=True, source="awq"),
         ),
         (
             {"quant_method": "gptq", "bits": 4, "group_size": 32},
