@@ -115,6 +115,30 @@ _GQA_LAYER_TP4 = (
 )
 _EMBED_TP4 = 256 * 256 * 2
 
+# TP 3, tiny GQA widened to hidden 384 (6 heads of 64, 3 KV heads, MLP 768): the padded
+# vocabulary (1024 rows) does not split evenly, the fullest rank holds ceil(1024 / 3) = 342.
+_EMBED_TP3 = 342 * 384 * 2
+_GQA_LAYER_TP3 = (
+    2 * 384 * 2
+    + (128 * 384 + 4)  # q_proj: 384 / 3 rows
+    + 2 * (64 * 384 + 4)  # k_proj, v_proj: 3 KV heads / 3
+    + (384 * 128 + 4)  # o_proj
+    + 2 * (256 * 384 + 4)  # gate_proj, up_proj: 768 / 3 rows
+    + (384 * 256 + 4)  # down_proj
+)
+
+# TP 2, tiny GQA as GPTQ 4-bit with group_size -1 (one group per row): per linear weight of
+# r x c, packed weights r*c/2, one fp16 scale and one 4-bit zero per row, an int32 g_idx
+# per input column.
+_GPTQ_LAYER_TP2 = (
+    2 * 256 * 2
+    + (128 * 256 // 2 + 128 * 2 + 128 // 2 + 256 * 4)  # q_proj 128 x 256
+    + 2 * (64 * 256 // 2 + 64 * 2 + 64 // 2 + 256 * 4)  # k_proj, v_proj 64 x 256
+    + (256 * 128 // 2 + 256 * 2 + 256 // 2 + 128 * 4)  # o_proj 256 x 128
+    + 3 * (256 * 256 // 2 + 256 * 2 + 256 // 2 + 256 * 4)  # gate, up, down 256 x 256
+)
+GPTQ_PER_ROW = {"quant_method": "gptq", "bits": 4, "group_size": -1}
+
 # TP 2, tiny MLA (q_lora_rank 128, kv_lora_rank 128, qk_nope 64, rope 32, v 64), per GPU:
 _Q_LORA_TP2 = (
     (128 * 256 + 4)  # q_a_proj: q_lora_rank x hidden, replicated
@@ -141,46 +165,72 @@ _MOE_MLP_TP2 = (
 FP8_PER_TENSOR = {"quant_method": "fp8"}
 
 
+def _fp8(raw: dict[str, Any]) -> dict[str, Any]:
+    return {**raw, "quantization_config": FP8_PER_TENSOR}
+
+
 @pytest.mark.parametrize(
     ("raw", "tp", "pp", "expected"),
     [
         pytest.param(
-            _tiny_gqa("llama"),
+            _fp8(_tiny_gqa("llama")),
             2,
             1,
             [_EMBED_TP2 + 2 * _GQA_LAYER_TP2 + 512 + _EMBED_TP2],
             id="llama-tp2",
         ),
         pytest.param(
-            _tiny_gqa("llama"),
+            _fp8(
+                _tiny_gqa(
+                    "llama",
+                    hidden_size=384,
+                    num_attention_heads=6,
+                    num_key_value_heads=3,
+                    intermediate_size=768,
+                )
+            ),
+            3,
+            1,
+            [_EMBED_TP3 + 2 * _GQA_LAYER_TP3 + 768 + _EMBED_TP3],
+            id="llama-tp3-vocab-rounds-up",
+        ),
+        pytest.param(
+            _tiny_gqa("llama", quantization_config=GPTQ_PER_ROW),
+            2,
+            1,
+            [_EMBED_TP2 + 2 * _GPTQ_LAYER_TP2 + 512 + _EMBED_TP2],
+            id="llama-gptq-per-row",
+        ),
+        pytest.param(
+            _fp8(_tiny_gqa("llama")),
             2,
             2,
             [_EMBED_TP2 + _GQA_LAYER_TP2, _GQA_LAYER_TP2 + 512 + _EMBED_TP2],
             id="llama-tp2-pp2",
         ),
         pytest.param(
-            _tiny_gqa("llama"),
+            _fp8(_tiny_gqa("llama")),
             4,
             1,
             [_EMBED_TP4 + 2 * _GQA_LAYER_TP4 + 512 + _EMBED_TP4],
             id="llama-tp4-kv-heads-replicated",
         ),
         pytest.param(
-            _tiny_gqa("qwen2"),
+            _fp8(_tiny_gqa("qwen2")),
             2,
             1,
             [_EMBED_TP2 + 2 * (_GQA_LAYER_TP2 + _QKV_BIAS_TP2) + 512 + _EMBED_TP2],
             id="qwen2-qkv-bias",
         ),
         pytest.param(
-            _tiny_gqa("qwen3"),
+            _fp8(_tiny_gqa("qwen3")),
             2,
             1,
             [_EMBED_TP2 + 2 * (_GQA_LAYER_TP2 + _QK_NORM) + 512 + _EMBED_TP2],
             id="qwen3-qk-norm",
         ),
         pytest.param(
-            _tiny_mla(),
+            _fp8(_tiny_mla()),
             2,
             1,
             [
@@ -193,7 +243,7 @@ FP8_PER_TENSOR = {"quant_method": "fp8"}
             id="deepseek-v3-q-lora",
         ),
         pytest.param(
-            _tiny_mla(q_lora_rank=None),
+            _fp8(_tiny_mla(q_lora_rank=None)),
             2,
             1,
             [
@@ -208,11 +258,11 @@ FP8_PER_TENSOR = {"quant_method": "fp8"}
         ),
     ],
 )
-def test_fp8_weights_per_gpu_add_up_tensor_by_tensor(
+def test_weights_per_gpu_add_up_tensor_by_tensor(
     raw: dict[str, Any], tp: int, pp: int, expected: list[int]
 ) -> None:
     plan = make_plan(
-        parse_model_config({**raw, "quantization_config": FP8_PER_TENSOR}),
+        parse_model_config(raw),
         gpu_memory_gib=80,
         gpus_per_node=tp * pp,
         max_model_len=4096,
@@ -220,6 +270,83 @@ def test_fp8_weights_per_gpu_add_up_tensor_by_tensor(
         pipeline_parallel_size=pp,
     )
     assert [s.weights_bytes for s in plan.stages] == expected
+
+
+# ---------------------------------------------------------------------------------------
+# The whole model and its checkpoint, by hand (tiny MLA, TP 1 shapes, fp8 per-tensor)
+#
+# Parameters per decoder layer: attention q_a 128x256 + q_a_layernorm 128 + q_b 384x128 +
+# kv_a 160x256 + kv_a_layernorm 128 + kv_b 512x128 + o 256x256 = 254208; two norms 512;
+# dense MLP 3 x 512x256 = 393216; MoE: router 4x256 + 4 correction biases + 4 experts x 3 x
+# 128x256 + 1 shared x 3 x 128x256 = 492548. The vocabulary is not padded on disk.
+_ATTN_PARAMS = 32768 + 128 + 49152 + 40960 + 128 + 65536 + 65536
+_DENSE_LAYER_PARAMS = 512 + _ATTN_PARAMS + 3 * 512 * 256
+_MOE_LAYER_PARAMS = 512 + _ATTN_PARAMS + 1024 + 4 + 4 * 3 * 128 * 256 + 3 * 128 * 256
+_EMBED_PARAMS = 1000 * 256
+# DeepSeek-V3's MTP module (checkpoint only): a decoder layer plus its own embedding,
+# enorm, hnorm, eh_proj (2h -> h), shared_head norm and head.
+_MTP_EXTRA_PARAMS = _EMBED_PARAMS + 256 + 256 + 256 * 512 + 256 + _EMBED_PARAMS
+# Bytes: fp8 linear weights 1 byte + one 4-byte scale each; everything else bf16 (2 bytes),
+# the 4 correction biases fp32. Per layer 5 (+3 +3 per MLP) linear weights.
+_ATTN_BYTES = (32768 + 49152 + 40960 + 65536 + 65536) + 5 * 4 + (128 + 128) * 2
+_DENSE_LAYER_BYTES = 512 * 2 + _ATTN_BYTES + 3 * (512 * 256 + 4)
+_MOE_LAYER_BYTES = 512 * 2 + _ATTN_BYTES + 1024 * 2 + 4 * 4 + 5 * 3 * (128 * 256 + 4)
+_EMBED_BYTES = _EMBED_PARAMS * 2
+_MTP_EXTRA_BYTES = _EMBED_BYTES + 3 * 256 * 2 + 256 * 512 * 2 + _EMBED_BYTES
+_LOADED_BYTES = _EMBED_BYTES + _DENSE_LAYER_BYTES + _MOE_LAYER_BYTES + 256 * 2 + _EMBED_BYTES
+# layer 2 (the MTP layer) is a MoE layer like layer 1
+_CHECKPOINT_BYTES = _LOADED_BYTES + _MOE_LAYER_BYTES + _MTP_EXTRA_BYTES
+
+
+def test_parameters_as_loaded_and_in_the_checkpoint() -> None:
+    plan = make_plan(parse_model_config(_fp8(_tiny_mla())), gpu_memory_gib=80, gpus_per_node=1)
+    loaded = _EMBED_PARAMS + _DENSE_LAYER_PARAMS + _MOE_LAYER_PARAMS + 256 + _EMBED_PARAMS
+    assert plan.parameters == loaded
+    assert plan.parameters_checkpoint == loaded + _MOE_LAYER_PARAMS + _MTP_EXTRA_PARAMS
+    assert plan.weight_bytes == _LOADED_BYTES
+
+
+def test_mtp_layers_take_the_layer_index_after_the_last_decoder_layer() -> None:
+    """Two MTP layers after 2 decoder layers are layers 2 and 3: with experts on every 3rd
+    layer from 0, layer 0 and MTP layer 3 have experts, layer 1 and MTP layer 2 do not."""
+    raw = _fp8(_tiny_mla(first_k_dense_replace=0, moe_layer_freq=3, num_nextn_predict_layers=2))
+    plan = make_plan(parse_model_config(raw), gpu_memory_gib=80, gpus_per_node=1)
+    loaded = _EMBED_PARAMS + _MOE_LAYER_PARAMS + _DENSE_LAYER_PARAMS + 256 + _EMBED_PARAMS
+    mtp = (_DENSE_LAYER_PARAMS + _MTP_EXTRA_PARAMS) + (_MOE_LAYER_PARAMS + _MTP_EXTRA_PARAMS)
+    assert (plan.parameters, plan.parameters_checkpoint) == (loaded, loaded + mtp)
+
+
+def test_a_checkpoint_of_the_modelled_size_plans_the_modelled_bytes() -> None:
+    """Given the checkpoint's true size (MTP included), the plan needs no calibration: the
+    weights per GPU are the hand-computed TP 2 bytes and no note says the size differs."""
+    model = parse_model_config(_fp8(_tiny_mla()))
+    kw: dict[str, Any] = {"gpu_memory_gib": 80, "gpus_per_node": 2, "tensor_parallel_size": 2}
+    plan = make_plan(model, checkpoint_bytes=_CHECKPOINT_BYTES, **kw)
+    per_gpu = (
+        _EMBED_TP2
+        + (_NORMS + _MLA_ATTN_TP2 + _DENSE_MLP_TP2)
+        + (_NORMS + _MLA_ATTN_TP2 + _MOE_MLP_TP2)
+        + 512
+        + _EMBED_TP2
+    )
+    assert [s.weights_bytes for s in plan.stages] == [per_gpu]
+    assert plan.weight_bytes == _LOADED_BYTES
+    assert not [n for n in plan.notes if "differs" in n]
+
+
+def test_an_unmodelled_scheme_is_planned_as_16_bit_weights_scaled_to_the_checkpoint() -> None:
+    """Same checkpoint size, same model: an unknown quantization plans exactly like the
+    unquantized model (the checkpoint size calibrates both the same way)."""
+    size = 6_600_000  # about 2 bytes x 3.3 M parameters
+    kw: dict[str, Any] = {"gpu_memory_gib": 80, "gpus_per_node": 2, "checkpoint_bytes": size}
+    plain = make_plan(parse_model_config(_tiny_mla(quantization_config=None)), **kw)
+    unknown = make_plan(
+        parse_model_config(_tiny_mla(quantization_config={"quant_method": "bitsandbytes"})),
+        **kw,
+    )
+    assert unknown.quantization == "unknown (bitsandbytes)"
+    assert [s.weights_bytes for s in unknown.stages] == [s.weights_bytes for s in plain.stages]
+    assert unknown.weight_bytes == plain.weight_bytes
 
 
 # ---------------------------------------------------------------------------------------
