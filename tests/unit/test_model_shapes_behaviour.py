@@ -24,6 +24,7 @@ from components.plan.sizing import make_plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_configs"
 FP8_BLOCK_128 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+AWQ_128 = {"quant_method": "awq", "bits": 4, "group_size": 128}
 
 
 def _fixture(name: str) -> dict[str, Any]:
@@ -442,6 +443,71 @@ def _value_of(keys: str, raw: dict[str, Any]) -> int:
             False,
             ["num_attention_heads x v_head_dim"],
             id="mla-o",
+        ),
+        # Blocks of 64 output rows x 128 input columns: the column-parallel q_b (192 rows)
+        # and kv_b (256) fit, so do the experts' gate/up (64 rows); the row-parallel
+        # down_proj of the experts (64 input columns) does not
+        pytest.param(
+            _tiny_mla(quantization_config={"quant_method": "fp8", "weight_block_size": [64, 128]}),
+            2,
+            False,
+            ["moe_intermediate_size", "moe_intermediate_size x n_shared_experts"],
+            id="mla-rows-and-columns-have-their-own-block",
+        ),
+        # Under expert parallelism routed experts are whole, but the shared expert is still
+        # split: 128 / 2 = 64 rows
+        pytest.param(
+            _tiny_mla(),
+            2,
+            True,
+            [
+                "num_attention_heads x (qk_nope_head_dim + qk_rope_head_dim)",
+                "moe_intermediate_size x n_shared_experts",
+            ],
+            id="mla-ep-shared-expert",
+        ),
+        # Without TP nothing is split: a ragged last block or group is fine (MLP 320)
+        pytest.param(_tiny_gqa("llama", intermediate_size=320), 1, False, [], id="fp8-tp1"),
+        pytest.param(
+            _tiny_gqa("llama", intermediate_size=320, quantization_config=AWQ_128),
+            1,
+            False,
+            [],
+            id="awq-tp1",
+        ),
+        # AWQ/GPTQ groups run along the input columns of row-parallel weights: down_proj's
+        # 320 / 2 = 160 columns per GPU are not whole groups of 128
+        pytest.param(
+            _tiny_gqa("llama", intermediate_size=320, quantization_config=AWQ_128),
+            2,
+            False,
+            ["intermediate_size"],
+            id="awq-down-proj",
+        ),
+        pytest.param(
+            _tiny_gqa(
+                "llama",
+                intermediate_size=320,
+                quantization_config={"quant_method": "gptq", "bits": 4, "group_size": 128},
+            ),
+            2,
+            False,
+            ["intermediate_size"],
+            id="gptq-down-proj",
+        ),
+        # MLA's o_proj (row) has 4 x 32 / 2 = 64 input columns; q_b and kv_b (column) split
+        # rows, which AWQ groups do not constrain
+        pytest.param(
+            _tiny_mla(
+                qk_nope_head_dim=96,
+                v_head_dim=32,
+                moe_intermediate_size=256,
+                quantization_config=AWQ_128,
+            ),
+            2,
+            False,
+            ["num_attention_heads x v_head_dim"],
+            id="awq-mla-o",
         ),
         # Mixtral's experts are intermediate_size wide: 14336 / 32 = 448 = 3.5 blocks
         pytest.param(
