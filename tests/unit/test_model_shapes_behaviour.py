@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from components.plan.model_config import parse_model_config
-from components.plan.model_shapes import tp_problems
+from components.plan.model_shapes import build_inventory, tp_problems
 from components.plan.sizing import make_plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_configs"
@@ -348,6 +348,27 @@ def test_an_unmodelled_scheme_is_planned_as_16_bit_weights_scaled_to_the_checkpo
     assert unknown.quantization == "unknown (bitsandbytes)"
     assert [s.weights_bytes for s in unknown.stages] == [s.weights_bytes for s in plain.stages]
     assert unknown.weight_bytes == plain.weight_bytes
+
+
+def test_only_modelled_families_have_an_inventory() -> None:
+    raw = {**_fixture("llama-3-8b"), "model_type": "gemma2", "architectures": ["Gemma2"]}
+    with pytest.raises(ValueError, match=r"^architecture Gemma2 is not modelled$"):
+        build_inventory(parse_model_config(raw))
+
+
+def test_whole_experts_that_do_not_divide_the_group_count_the_fullest_gpu() -> None:
+    """8 experts over 3 GPUs: the fullest GPU holds 3 of them (the planner refuses such a
+    group, but the count per GPU is the conservative one)."""
+    experts = next(
+        t
+        for t in build_inventory(parse_model_config(_fixture("mixtral-8x7b"))).layers[0]
+        if t.routed_expert
+    )
+    assert (experts.copies, experts.copies_on_gpu(3, ep=True), experts.copies_on_gpu(3)) == (
+        8,
+        3,
+        8,
+    )
 
 
 # ---------------------------------------------------------------------------------------
