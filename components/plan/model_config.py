@@ -215,8 +215,10 @@ def _get(
 
 
 def _positive(data: Mapping[str, Any], key: str, *, required: bool = True, default: int = 0) -> int:
+    """A size or step: positive when config.json has it; `default` when an optional one is
+    absent (vLLM divides by steps such as decoder_sparse_step, so 0 cannot mean "unset")."""
     value = int(_get(data, key, int, required=required, default=default))
-    if required and value <= 0:
+    if data.get(key) is not None and value <= 0:
         raise ModelConfigError(f"config.json `{key}` must be positive, got {value}")
     return value
 
@@ -411,8 +413,7 @@ def parse_model_config(data: Mapping[str, Any]) -> ModelConfig:
             experts_per_token=_positive(data, "num_experts_per_tok"),
             moe_intermediate_size=_positive(data, "moe_intermediate_size"),
             mlp_only_layers=tuple(mlp_only),
-            decoder_sparse_step=_positive(data, "decoder_sparse_step", required=False, default=1)
-            or 1,
+            decoder_sparse_step=_positive(data, "decoder_sparse_step", required=False, default=1),
         )
     # deepseek_v2 / deepseek_v3: MLA attention, DeepSeekMoE with shared experts.
     q_lora = _get(data, "q_lora_rank", int, required=False)
@@ -427,7 +428,7 @@ def parse_model_config(data: Mapping[str, Any]) -> ModelConfig:
         moe_intermediate_size=_positive(data, "moe_intermediate_size") if experts else 0,
         num_shared_experts=int(_get(data, "n_shared_experts", int, required=False, default=0)),
         first_k_dense=int(_get(data, "first_k_dense_replace", int, required=False, default=0)),
-        moe_layer_freq=_positive(data, "moe_layer_freq", required=False, default=1) or 1,
+        moe_layer_freq=_positive(data, "moe_layer_freq", required=False, default=1),
         router_bias=data.get("topk_method") == "noaux_tc",
         q_lora_rank=int(q_lora) if q_lora else None,
         kv_lora_rank=_positive(data, "kv_lora_rank"),

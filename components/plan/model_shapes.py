@@ -202,7 +202,8 @@ def _mlp(
 def _gqa_attention(cfg: ModelConfig) -> list[Tensor]:
     h, d = cfg.hidden_size, cfg.head_dim
     q_rows, kv_rows = cfg.num_heads * d, cfg.num_kv_heads * d
-    heads, kvh = "num_attention_heads", "num_key_value_heads"
+    # The split dimension is heads x head_dim rows: messages name both keys, not a head count.
+    heads, kvh = "num_attention_heads x head_dim", "num_key_value_heads x head_dim"
     out = [
         Tensor("q_proj", q_rows, h, "linear", "col", dim_name=heads),
         Tensor("k_proj", kv_rows, h, "linear", "kv", heads=cfg.num_kv_heads, dim_name=kvh),
@@ -223,16 +224,19 @@ def _gqa_attention(cfg: ModelConfig) -> list[Tensor]:
 def _mla_attention(cfg: ModelConfig) -> list[Tensor]:
     h, n = cfg.hidden_size, cfg.num_heads
     qk_head = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
-    heads = "num_attention_heads"
+    # Each projection splits heads x its own head width: messages name the keys of both.
+    q_dim = "num_attention_heads x (qk_nope_head_dim + qk_rope_head_dim)"
+    kv_b_dim = "num_attention_heads x (qk_nope_head_dim + v_head_dim)"
+    o_dim = "num_attention_heads x v_head_dim"
     out: list[Tensor] = []
     if cfg.q_lora_rank:
         out += [
             Tensor("q_a_proj", cfg.q_lora_rank, h, "linear", "rep"),
             _norm("q_a_layernorm", cfg.q_lora_rank),
-            Tensor("q_b_proj", n * qk_head, cfg.q_lora_rank, "linear", "col", dim_name=heads),
+            Tensor("q_b_proj", n * qk_head, cfg.q_lora_rank, "linear", "col", dim_name=q_dim),
         ]
     else:
-        out.append(Tensor("q_proj", n * qk_head, h, "linear", "col", dim_name=heads))
+        out.append(Tensor("q_proj", n * qk_head, h, "linear", "col", dim_name=q_dim))
     out += [
         Tensor("kv_a_proj_with_mqa", cfg.kv_lora_rank + cfg.qk_rope_head_dim, h, "linear", "rep"),
         _norm("kv_a_layernorm", cfg.kv_lora_rank),
@@ -242,9 +246,9 @@ def _mla_attention(cfg: ModelConfig) -> list[Tensor]:
             cfg.kv_lora_rank,
             "linear",
             "col",
-            dim_name=heads,
+            dim_name=kv_b_dim,
         ),
-        Tensor("o_proj", h, n * cfg.v_head_dim, "linear", "row", dim_name=heads),
+        Tensor("o_proj", h, n * cfg.v_head_dim, "linear", "row", dim_name=o_dim),
     ]
     return out
 

@@ -417,6 +417,7 @@ def test_compressed_tensors_int8(strategy: str, per_channel: bool) -> None:
     [
         ({"group_size": 128, "symmetric": True}, 128, False),
         ({"group_size": 64, "symmetric": False}, 64, True),
+        ({"group_size": 1}, 1, False),  # the smallest group: a scale per weight
         ({"group_size": 0}, None, False),
         ({"group_size": "128"}, None, False),
         ({}, None, False),
