@@ -673,7 +673,13 @@ def markdown(meta: Mapping[str, Any], runs: list[dict[str, Any]], summaries: dic
         "# Benchmark: the manual's procedure vs `pulumi up` on the lab",
         "",
         f"Run `{meta['run_id']}` ({meta['started']} .. {meta.get('finished', 'in progress')}), "
-        f"{meta['rounds']} round(s) per host count and budget, (a) and (b) alternating, clean "
+        f"{meta['rounds']} round(s) per host count and budget"
+        + (
+            " planned, cut short by BENCH_DEADLINE (`rounds a/b` says how many ran)"
+            if meta.get("complete") is False
+            else ""
+        )
+        + ", (a) and (b) alternating, clean "
         "hosts before each. Lab: simulated GPUs (2 per host), stand-in engine, tiny model; "
         "SSH, Docker, `docker load`, Ray and HTTP are real. Medians in seconds. (b) runs with "
         f"{', '.join(f'`{k}={v}`' for k, v in (engine or {}).items()) or 'default flags'} "
