@@ -140,6 +140,16 @@ def _script(props: Mapping[str, Any]) -> str | None:
     return None if props.get("script") is None else str(props["script"])
 
 
+def _host_checks(props: Mapping[str, Any]) -> tuple[dict[str, str], str]:
+    """All of the host's checks and this check's name. State of an earlier release (which
+    `pulumi refresh` diffs against itself before the first `up` of this one) has its one
+    `script` only."""
+    checks = props.get("checks")
+    if isinstance(checks, Mapping):
+        return {str(k): str(v) for k, v in checks.items()}, str(props["part"])
+    return {"check": str(props.get("script") or "")}, "check"
+
+
 class RemoteCheckProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         # A new check starts at generation 1; the commands it guards run anyway on create.
@@ -153,8 +163,9 @@ class RemoteCheckProvider(ResourceProvider):
         )
         if inputs_changed:
             return DiffResult(changes=True)
-        failed = HOST_RESULTS.failed(list(news["ssh_argv"]), dict(news["checks"]))
-        return DiffResult(changes=news["part"] in failed)
+        checks, part = _host_checks(news)
+        failed = HOST_RESULTS.failed(list(news["ssh_argv"]), checks)
+        return DiffResult(changes=part in failed)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         return UpdateResult(outs={**news, "generation": int(olds.get("generation", 0)) + 1})
