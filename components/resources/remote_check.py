@@ -131,15 +131,6 @@ def drift_checks(image_present: str | None, weights_verify: str | None) -> dict[
     return {part: script for part, script in parts if script}
 
 
-def _script(props: Mapping[str, Any]) -> str | None:
-    """The check's own script (earlier releases stored it alone, as `script`)."""
-    checks = props.get("checks")
-    if isinstance(checks, Mapping):
-        script = checks.get(props.get("part"))
-        return None if script is None else str(script)
-    return None if props.get("script") is None else str(props["script"])
-
-
 def _host_checks(props: Mapping[str, Any]) -> tuple[dict[str, str], str]:
     """All of the host's checks and this check's name. State of an earlier release (which
     `pulumi refresh` diffs against itself before the first `up` of this one) has its one
@@ -158,12 +149,13 @@ class RemoteCheckProvider(ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         # Only this check's own inputs count: another part's script changing is that
         # part's change, not this one's.
-        inputs_changed = _script(olds) != _script(news) or any(
+        old_checks, old_part = _host_checks(olds)
+        checks, part = _host_checks(news)
+        inputs_changed = old_checks.get(old_part) != checks.get(part) or any(
             olds.get(k) != news.get(k) for k in ("ssh_argv", "label")
         )
         if inputs_changed:
             return DiffResult(changes=True)
-        checks, part = _host_checks(news)
         failed = HOST_RESULTS.failed(list(news["ssh_argv"]), checks)
         return DiffResult(changes=part in failed)
 
