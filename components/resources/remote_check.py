@@ -90,11 +90,6 @@ def run_checks(
     return set(checks) - passed
 
 
-def run_check(ssh_argv: list[str], script: str, timeout_s: float = CHECK_TIMEOUT_S) -> bool:
-    """One check: did `script` exit 0 within `timeout_s` on that host?"""
-    return not run_checks(ssh_argv, {"check": script}, timeout_s)
-
-
 class _HostResults:
     """Failed-check sets per (host argv, checks), shared by the diffs in this process. A
     diff that finds a result being computed waits for it instead of asking the host too."""

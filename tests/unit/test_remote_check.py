@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from components.resources import remote_check
-from components.resources.remote_check import RemoteCheckProvider, run_check, run_checks
+from components.resources.remote_check import RemoteCheckProvider, run_checks
 
 
 def host_checks(tmp_path: Path, counter: Path) -> dict[str, str]:
@@ -134,10 +134,10 @@ def test_checks_run_in_one_bash_and_report_each_status(tmp_path: Path) -> None:
 
 
 def test_check_needs_bash_and_fails_on_timeout_or_missing_client() -> None:
-    assert run_check([], "set -o pipefail; [[ -n x ]]") is True
-    assert run_check([], "exit 3") is False
-    assert run_check([], "sleep 5", timeout_s=0.5) is False
-    assert run_check(["/nonexistent/ssh"], "true") is False
+    assert run_checks([], {"c": "set -o pipefail; [[ -n x ]]"}) == set()
+    assert run_checks([], {"c": "exit 3"}) == {"c"}
+    assert run_checks([], {"c": "sleep 5"}, timeout_s=0.5) == {"c"}
+    assert run_checks(["/nonexistent/ssh"], {"c": "true"}) == {"c"}
     assert run_checks(["/nonexistent/ssh"], {"a": "true", "b": "true"}) == {"a", "b"}
     assert run_checks([], {}) == set()
 
