@@ -148,6 +148,7 @@ def declare(dep: Deployment, settings: Settings, files: OperatorFiles) -> None:
                 fetch_remote=hd.weights.fetch_remote,
                 fetch_stdin=hub_token if hd.weights.needs_hub_token else None,
                 after_head=hd.weights.after_head,
+                after_image=hd.weights.after_image,
             )
             for hd in dep.hosts
         ],

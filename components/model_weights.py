@@ -50,6 +50,8 @@ class WeightsTarget:
     fetch_stdin: pulumi.Input[str] | None = None
     # Fan-out: this host copies from the head, so it waits for the head's copy.
     after_head: bool = False
+    # A hub download that may run the engine image's client waits for the image step.
+    after_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,11 @@ class ModelWeights(pulumi.ComponentResource):
             )
             # Only preflight (and storage before it): copying weights need not wait for the
             # multi-GB image load; serving waits for both (measured: ~4 s at 4 lab hosts).
+            # A hub download waits for the image: without a hub CLI on the host, the engine
+            # image's client does it (a bare server has nothing else to run it with).
             waits: list[pulumi.Resource] = [check, *target.host.checked]
+            if target.after_image:
+                waits.extend(target.host.ready)
             if target.after_head and head_fetch is not None:
                 waits.append(head_fetch)
             child = pulumi.ResourceOptions(parent=self, depends_on=waits)

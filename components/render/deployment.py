@@ -94,6 +94,8 @@ class WeightsSteps:
     fetch_remote: str | None = None
     needs_hub_token: bool = False
     after_head: bool = False
+    # A hub download may run the engine image's client: it waits for the image step.
+    after_image: bool = False
 
 
 @dataclass(frozen=True)
@@ -332,11 +334,13 @@ def _weights_steps(
         token="stdin" if settings.secrets.hub_token else "none",
         verify=m.verify,
         owner=owner,
+        engine_image=settings.image.name,
     )
     return WeightsSteps(
         verify,
         fetch_remote=weights_download(spec_dl),
         needs_hub_token=settings.secrets.hub_token,
+        after_image=True,
     )
 
 

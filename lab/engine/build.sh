@@ -5,9 +5,9 @@
 #   lab/engine/build.sh            (run through tools/with-env, or with LAB_DIR set)
 #
 # Recipe: a Debian root filesystem made with mmdebstrap (no base image can be pulled here),
-# Ray from PyPI wheels fetched on this machine (containers cannot reach PyPI) installed offline
-# into /opt/venv, and the stand-in package (lab/engine/standin, importable as `vllm`) on top.
-# The recipe hash (this script, the stand-in sources, the Ray version) is recorded beside the
+# Ray and huggingface_hub (as vLLM images ship it) from PyPI wheels fetched on this machine
+# (containers cannot reach PyPI) installed offline into /opt/venv, and the stand-in package (lab/engine/standin, importable as `vllm`) on top.
+# The recipe hash (this script, the stand-in sources, the pinned versions) is recorded beside the
 # tarball in vllm-standin.tar.json; when it matches, nothing is rebuilt (the image is only
 # loaded into the local engine if missing there). Caches live outside the repository, under
 # ${XDG_CACHE_HOME:-~/.cache}/vllm-cluster-lab, so rebuilds after a source change take seconds.
@@ -21,6 +21,9 @@ LAB_DIR="${LAB_DIR:-$REPO_ROOT/.lab}"
 CACHE_DIR="${VLLM_LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vllm-cluster-lab}"
 
 RAY_VERSION="2.60.0"
+# vLLM images ship huggingface_hub (its `hf` CLI downloads weights on hosts without one); the
+# same release the tests pin (requirements-dev.txt), so the lab hub is proven against it.
+HF_HUB_VERSION="2.4.0"
 # Debian 12's python3 is 3.11: the wheels below are fetched for exactly that interpreter.
 SUITE="bookworm"
 PY_VERSION="3.11"
@@ -46,7 +49,7 @@ source "$here/../lib/image-build.sh"
 recipe_hash() {
   # Relative paths and contents of every source file, this script, and the pinned versions.
   {
-    echo "ray=$RAY_VERSION suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
+    echo "ray=$RAY_VERSION hf=$HF_HUB_VERSION suite=$SUITE python=$PY_VERSION packages=$PACKAGES"
     (
       cd "$here"
       find build.sh ../lib/image-build.sh standin -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
@@ -56,15 +59,17 @@ recipe_hash() {
   } | sha256sum | cut -c1-64
 }
 
-fetch_wheels() { # -> directory holding ray and its dependencies for cp311 manylinux x86_64
-  local dir="$CACHE_DIR/wheels/ray-$RAY_VERSION-cp${PY_VERSION/./}"
+fetch_wheels() { # fetch_wheels NAME VERSION -> directory holding NAME==VERSION and its
+  # dependencies for cp311 manylinux x86_64
+  local name="$1" version="$2"
+  local dir="$CACHE_DIR/wheels/$name-$version-cp${PY_VERSION/./}"
   if [[ -f "$dir/.complete" ]]; then
-    log "ray wheels: cached $dir"
+    log "$name wheels: cached $dir"
     echo "$dir"
     return 0
   fi
   mkdir -p "$dir"
-  log "ray wheels: pip download ray==$RAY_VERSION for CPython $PY_VERSION"
+  log "$name wheels: pip download $name==$version for CPython $PY_VERSION"
   local platforms=(--platform manylinux2014_x86_64)
   local glibc
   for glibc in $(seq 17 36); do # Debian 12 has glibc 2.36
@@ -72,16 +77,17 @@ fetch_wheels() { # -> directory holding ray and its dependencies for cp311 manyl
   done
   "$PY" -m pip download --quiet --disable-pip-version-check --dest "$dir" \
     --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
-    "${platforms[@]}" "ray==$RAY_VERSION" >&2
+    "${platforms[@]}" "$name==$version" >&2
   touch "$dir/.complete"
-  log "ray wheels: $(du -sh "$dir" | cut -f1), $(find "$dir" -name '*.whl' | wc -l) wheels"
+  log "$name wheels: $(du -sh "$dir" | cut -f1), $(find "$dir" -name '*.whl' | wc -l) wheels"
   echo "$dir"
 }
 
 build_image() { # build_image RECIPE -> image id
-  local recipe="$1" rootfs wheels base stage ctr
+  local recipe="$1" rootfs wheels hub_wheels base stage ctr
   rootfs="$(build_rootfs "$CACHE_DIR" engine)"
-  wheels="$(fetch_wheels)"
+  wheels="$(fetch_wheels ray "$RAY_VERSION")"
+  hub_wheels="$(fetch_wheels huggingface_hub "$HF_HUB_VERSION")"
   base="vllm-standin-base:$(basename "$rootfs" .tar | sed 's/^engine-//')"
   if ! docker image inspect "$base" >/dev/null 2>&1; then
     log "docker import $rootfs as $base"
@@ -98,15 +104,20 @@ build_image() { # build_image RECIPE -> image id
   log "building the stand-in wheel"
   "$PY" -m pip wheel --quiet --disable-pip-version-check --no-deps \
     --wheel-dir "$stage/dist" "$stage/standin" >&2
-  log "installing ray==$RAY_VERSION and the stand-in into /opt/venv (offline, --network none)"
+  log "installing ray==$RAY_VERSION, huggingface_hub==$HF_HUB_VERSION and the stand-in into" \
+    "/opt/venv (offline, --network none)"
   docker run --pull=never --name "$ctr" --network none \
-    -v "$wheels:/wheels:ro" -v "$stage/dist:/dist:ro" "$base" /bin/sh -euc "
+    -v "$wheels:/wheels:ro" -v "$hub_wheels:/hub-wheels:ro" -v "$stage/dist:/dist:ro" "$base" \
+    /bin/sh -euc "
       python3 -m venv /opt/venv
       /opt/venv/bin/pip install --quiet --no-index --find-links /wheels 'ray==$RAY_VERSION'
+      /opt/venv/bin/pip install --quiet --no-index --find-links /hub-wheels \
+        'huggingface_hub==$HF_HUB_VERSION'
       /opt/venv/bin/pip install --quiet --no-index --no-deps /dist/*.whl
       rm -rf /root/.cache
       /opt/venv/bin/vllm --version
       /opt/venv/bin/python -c 'import ray; print(\"ray\", ray.__version__)'
+      /opt/venv/bin/hf version
     " >&2
   docker commit \
     --change "ENV PATH=$VENV_PATH" \

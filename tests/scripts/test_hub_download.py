@@ -535,3 +535,104 @@ def test_modelscope_wrong_token_fails_at_once_naming_the_hub_token_key(
     assert "download attempt 1/3 failed" not in err
     assert wrong not in err
     assert h.sent() == {}
+
+
+# --- a host without a hub CLI: the engine image's client (vLLM images ship huggingface_hub) --
+
+
+@pytest.fixture(scope="session")
+def engine_image() -> str:
+    """The lab's stand-in engine image, which carries huggingface_hub as vLLM images do
+    (lab/engine/build.sh: cached, seconds when up to date; loaded into this machine's Docker)."""
+    needs_tools("docker")
+    proc = subprocess.run(
+        [str(REPO_ROOT / "tools" / "with-env"), str(REPO_ROOT / "lab" / "engine" / "build.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert proc.returncode == 0, f"lab/engine/build.sh failed:\n{proc.stderr[-3000:]}"
+    return "vllm-standin:lab"
+
+
+def docker_inspect_envs(name_prefix: str) -> list[str]:
+    """The environment of every running container whose name starts with the prefix."""
+    ids = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"name={name_prefix}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if not ids:
+        return []
+    out = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Config.Env}} {{json .Args}}", *ids],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    return [out] if out.strip() else []
+
+
+def test_without_a_host_cli_the_engine_images_client_downloads_token_unseen(
+    tiny_model: Path,
+    tmp_path: Path,
+    hub: HubFactory,
+    hf_env: dict[str, str],
+    engine_image: str,
+) -> None:
+    """No hf, huggingface-cli or modelscope on PATH (a bare server): the step runs ``hf
+    download`` in the engine image, with the model directory mounted at its own path. The
+    token is on no command line (ps) and in no ``docker inspect`` of the running container."""
+    needs_tools("python3", "ps", "docker")
+    repo = make_repo(tiny_model, tmp_path, {"big.bin": 2 * 1024 * 1024})
+    h = hub(repo, throttle=("big.bin=1048576",))  # ~2 s: ps and docker inspect see it run
+    path = tmp_path / "data" / "models" / "tiny"
+    script = download_script(h, path, tmp_path, engine_image=engine_image)
+    empty_bin = tmp_path / "nobin"
+    empty_bin.mkdir()
+    # PATH without the venv (its hf) but with docker, python3 and the coreutils.
+    env = {**hf_env, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    assert not [d for d in env["PATH"].split(":") if (Path(d) / "hf").exists()], "hf on PATH"
+    run = start_script(script, TOKEN + "\n", env, empty_bin, tmp_path, "image")
+    inspected: list[str] = []
+    deadline = time.monotonic() + 180
+    while run.proc.poll() is None:
+        assert time.monotonic() < deadline, run.err.read_text()
+        sample_ps(run)
+        inspected += docker_inspect_envs("vllm-cluster-download-")
+        time.sleep(0.1)
+    out, err = run.text()
+    assert run.proc.returncode == 0, err
+    assert "running the one in the engine image vllm-standin:lab" in err
+    files = served_files(repo)
+    assert json.loads(out)["files"] == len(files)
+    for rel in files:
+        assert sha(path / rel) == sha(repo / rel), rel
+    assert h.sent() == files
+    assert inspected, "docker inspect never saw the download container (nothing was checked)"
+    assert not [i for i in inspected if TOKEN in i], "the token is in docker inspect"
+    assert_token_nowhere(TOKEN, run, h, path, tmp_path / "state", cli="docker run")
+    # The container is gone (--rm), and nothing of it is left under the model directory
+    # but the client's own download cache, which the hf CLI keeps beside the files.
+    assert docker_inspect_envs("vllm-cluster-download-") == []
+
+
+def test_without_any_client_the_step_names_the_fix(
+    tiny_model: Path, tmp_path: Path, hub: HubFactory, hf_env: dict[str, str]
+) -> None:
+    """No CLI on the host and the engine image not there (yet): stop, naming what to install."""
+    needs_tools("python3")
+    h = hub(make_repo(tiny_model, tmp_path))
+    path = tmp_path / "data" / "models" / "tiny"
+    script = download_script(h, path, tmp_path, engine_image="vllm-cluster-test-absent:0")
+    env = {**hf_env, "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    run = start_script(script, TOKEN + "\n", env, tmp_path, tmp_path, "none")
+    assert run.proc.wait(timeout=60) == 1
+    err = run.text()[1]
+    assert (
+        "neither hf nor huggingface-cli found, and the engine image vllm-cluster-test-absent:0"
+        " is not on this host. Fix: pip install -U huggingface_hub on lab-1"
+    ) in err
+    assert h.sent() == {}

@@ -273,6 +273,40 @@ def test_weights_fanout_waits_for_head_and_removal_is_separate(mocks: RecordingM
     assert checks == ["weights-h1-check", "weights-h2-check"]
 
 
+def test_hub_download_waits_for_the_image_and_a_copy_does_not(mocks: RecordingMocks) -> None:
+    """A hub download may run the engine image's client (a bare host has no other): it
+    waits for the host's image steps. An rsync from the operator machine does not."""
+
+    @pulumi.runtime.test
+    def program() -> Any:
+        h1, h2 = host("h1", "10.0.0.1"), host("h2", "10.0.0.2")
+        weights = ModelWeights(
+            "weights",
+            "/data/m",
+            [
+                WeightsTarget(
+                    "h1",
+                    h1,
+                    conn("10.0.0.1"),
+                    ssh("10.0.0.1"),
+                    "verify",
+                    fetch_remote="hf dl",
+                    after_image=True,
+                ),
+                WeightsTarget(
+                    "h2", h2, conn("10.0.0.2"), ssh("10.0.0.2"), "verify", fetch_local="rsync"
+                ),
+            ],
+        )
+        return settle(weights.urn)
+
+    program()
+    download = mocks.named("weights-h1-fetch").depends_on
+    assert {"h1-image", "h1-image-load", "h1-preflight", "weights-h1-check"} <= set(download)
+    copy = mocks.named("weights-h2-fetch").depends_on
+    assert set(copy) == {"h2-preflight", "weights-h2-check"}
+
+
 @pulumi.runtime.test
 def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
     h = GpuHost(

@@ -12,7 +12,9 @@ wrote. Deletion (:func:`weights_delete`) removes only those.
 
 Secrets: the hub token reaches the host on the command's standard input (or from a 0600
 file already on the host); the script puts it into the CLI's environment (``HF_TOKEN``,
-``MODELSCOPE_API_TOKEN``) — never into a command line, so ``ps`` does not show it.
+``MODELSCOPE_API_TOKEN``) — never into a command line, so ``ps`` does not show it. Without a
+CLI on the host, the engine image's client runs (``docker run``; the token on the container's
+stdin, so neither ``ps`` nor ``docker inspect`` shows it).
 """
 
 from __future__ import annotations
@@ -136,11 +138,41 @@ class DownloadSpec:
     """``<project>/<stack>``: the files the download writes are recorded as this owner's."""
     state_dir: str = OWNER_DIR
     """Where the ownership records live on the host (tests point it elsewhere)."""
+    engine_image: str | None = None
+    """The engine image (``image.name``), on the host once the image step ran: its hub
+    client (vLLM images ship huggingface_hub) runs the download when the host has no CLI."""
     attempts: int = 3
     retry_delay_s: int = 15
     """Wait before retry n is n x this. A retry keeps the files already complete (a file
     that was part-way starts over with huggingface_hub >= 1.18). A refused token (HTTP
     401/403) is not retried: the step stops naming ``vllm-cluster:hubToken``."""
+
+
+# Run inside the engine image (`sh -c` with the source and the CLI's arguments): the token is
+# the first line of stdin, put into the client's environment only; then the client, or 127
+# when the image has none.
+_IN_IMAGE = """\
+IFS= read -r t || true
+src=$1
+shift
+if [ -n "$t" ]; then
+  case "$src" in
+    huggingface) HF_TOKEN=$t; export HF_TOKEN ;;
+    modelscope) MODELSCOPE_API_TOKEN=$t; export MODELSCOPE_API_TOKEN ;;
+  esac
+fi
+unset t
+exec </dev/null
+case "$src" in
+  huggingface)
+    if command -v hf >/dev/null 2>&1; then exec hf download "$@"; fi
+    if command -v huggingface-cli >/dev/null 2>&1; then exec huggingface-cli download "$@"; fi ;;
+  modelscope)
+    if command -v modelscope >/dev/null 2>&1; then exec modelscope download "$@"; fi ;;
+esac
+echo "no $src client in this image" >&2
+exit 127
+"""
 
 
 def _marker(spec: DownloadSpec) -> str:
@@ -173,6 +205,10 @@ def weights_download(spec: DownloadSpec) -> str:
         token_file = check_abs_path(spec.token_file, "token_file")
     if spec.attempts < 1 or spec.retry_delay_s < 0:
         raise ValueError("attempts must be >= 1 and retry_delay_s >= 0")
+    if spec.engine_image is not None and (
+        not spec.engine_image or any(c.isspace() for c in spec.engine_image)
+    ):
+        raise ValueError(f"engine image must be one word: {spec.engine_image!r}")
     lines = [
         *_claim_lines(spec.path, spec.owner, spec.state_dir),
         f"SOURCE={q(spec.source)}",
@@ -185,6 +221,8 @@ def weights_download(spec: DownloadSpec) -> str:
         f"MANIFEST_SHA={1 if spec.manifest_sha256 else 0}",
         f"ATTEMPTS={int(spec.attempts)}",
         f"RETRY_DELAY={int(spec.retry_delay_s)}",
+        f"ENGINE_IMAGE={q(spec.engine_image or '')}",
+        f"IN_IMAGE={q(_IN_IMAGE)}",
         f"MARKER={q(DOWNLOAD_MARKER)}",
         f"MARKER_TEXT={q(_marker(spec))}",
         fragment("weights_download"),

@@ -24,27 +24,34 @@ if [ -f "$WPATH/$MARKER" ] && [ "$(cat -- "$WPATH/$MARKER")" = "$MARKER_TEXT" ] 
   exit 0
 fi
 
+# The hub client: the host's own CLI when it has one, else the one in the engine image, which
+# the image step put on every host (vLLM images ship huggingface_hub): nothing to install.
+engine_image_present() {
+  [ -n "$ENGINE_IMAGE" ] && command -v docker >/dev/null 2>&1 \
+    && docker image inspect -- "$ENGINE_IMAGE" >/dev/null 2>&1
+}
+RUNNER=host
 CLI=()
 ARGS=()
 case "$SOURCE" in
   huggingface)
     if command -v hf >/dev/null 2>&1; then CLI=(hf download)
     elif command -v huggingface-cli >/dev/null 2>&1; then CLI=(huggingface-cli download)
-    else die "neither hf nor huggingface-cli found. Fix: pip install -U huggingface_hub on $HOST"; fi
+    elif engine_image_present; then RUNNER=image
+    else die "neither hf nor huggingface-cli found${ENGINE_IMAGE:+, and the engine image $ENGINE_IMAGE is not on this host}. Fix: pip install -U huggingface_hub on $HOST"; fi
     ARGS=("$MODEL_ID" --local-dir "$WPATH")
     [ -z "$REVISION" ] || ARGS+=(--revision "$REVISION")
     # Environment, not argv: a command line is visible to every user in ps.
-    if [ -n "$TOKEN" ]; then export HF_TOKEN="$TOKEN"; fi
     if [ -n "$ENDPOINT" ]; then export HF_ENDPOINT="$ENDPOINT"; fi
     # No PyPI version check (nor the hint it prints) from a server: it may be air-gapped.
     export HF_HUB_DISABLE_UPDATE_CHECK=1
     ;;
   modelscope)
-    command -v modelscope >/dev/null 2>&1 || die "modelscope not found. Fix: pip install -U modelscope on $HOST"
-    CLI=(modelscope download)
+    if command -v modelscope >/dev/null 2>&1; then CLI=(modelscope download)
+    elif engine_image_present; then RUNNER=image
+    else die "modelscope not found${ENGINE_IMAGE:+, and the engine image $ENGINE_IMAGE is not on this host}. Fix: pip install -U modelscope on $HOST"; fi
     ARGS=(--model "$MODEL_ID" --local_dir "$WPATH")
     [ -z "$REVISION" ] || ARGS+=(--revision "$REVISION")
-    if [ -n "$TOKEN" ]; then export MODELSCOPE_API_TOKEN="$TOKEN"; fi
     # MODELSCOPE_ENDPOINT (a URL) for modelscope built on modelscope_hub (1.40); older releases
     # read MODELSCOPE_DOMAIN as a host name and put https:// in front of it.
     if [ -n "$ENDPOINT" ]; then
@@ -52,7 +59,35 @@ case "$SOURCE" in
     fi
     ;;
 esac
-unset TOKEN
+if [ "$RUNNER" = host ]; then
+  if [ -n "$TOKEN" ]; then
+    case "$SOURCE" in
+      huggingface) export HF_TOKEN="$TOKEN" ;;
+      modelscope) export MODELSCOPE_API_TOKEN="$TOKEN" ;;
+    esac
+  fi
+  unset TOKEN
+else
+  # In the engine image: the model directory mounted at the same path, the host's network
+  # (the hub endpoint resolves as on the host), no registry pull. The token goes in on the
+  # container's stdin (printf is a builtin: not in ps) and into the client's environment
+  # there: never in docker's argv, nor in `docker inspect` (which shows -e variables).
+  # One container per model path, by name: a download a killed step left running is
+  # stopped before the next starts, so two never write the same files.
+  DL_NAME="vllm-cluster-download-$(printf '%s' "$WPATH" | sha256sum | cut -c1-12)"
+  docker rm -f -- "$DL_NAME" >/dev/null 2>&1 || true
+  trap 'docker rm -f -- "$DL_NAME" >/dev/null 2>&1 || true' EXIT
+  CLI=(docker run --rm -i --pull=never --name "$DL_NAME" --network host
+    --volume "$WPATH:$WPATH" --workdir /
+    --env HF_ENDPOINT --env HF_HUB_DISABLE_UPDATE_CHECK
+    --env MODELSCOPE_ENDPOINT --env MODELSCOPE_DOMAIN
+    --entrypoint /bin/sh "$ENGINE_IMAGE" -c "$IN_IMAGE" vllm-cluster-download "$SOURCE")
+  log "no hub CLI on $HOST: running the one in the engine image $ENGINE_IMAGE"
+fi
+run_cli() {
+  if [ "$RUNNER" = image ]; then printf '%s\n' "$TOKEN" | "${CLI[@]}" "${ARGS[@]}"
+  else "${CLI[@]}" "${ARGS[@]}" </dev/null; fi
+}
 
 rm -f -- "$WPATH/$MARKER"
 log "downloading $MODEL_ID${REVISION:+@$REVISION} from $SOURCE${ENDPOINT:+ ($ENDPOINT)} to $WPATH"
@@ -67,8 +102,11 @@ n=1
 # releases and modelscope continue it.
 while :; do
   rc=0
-  "${CLI[@]}" "${ARGS[@]}" </dev/null 2>&1 | tee "$CLI_LOG" >&2 || rc=${PIPESTATUS[0]}
+  run_cli 2>&1 | tee "$CLI_LOG" >&2 || rc=${PIPESTATUS[0]}
   [ "$rc" != 0 ] || break
+  if [ "$RUNNER" = image ] && [ "$rc" = 127 ]; then
+    die "the engine image $ENGINE_IMAGE has no $SOURCE client. Fix: pip install -U $([ "$SOURCE" = huggingface ] && echo huggingface_hub || echo modelscope) on $HOST (the host's CLI is used first)"
+  fi
   if grep -qE "$AUTH_REFUSED" "$CLI_LOG"; then
     die "the hub refused the token for $MODEL_ID (HTTP 401/403). Fix: pulumi config set --secret vllm-cluster:hubToken <a token that can read $MODEL_ID>, then re-run"
   fi
@@ -76,7 +114,7 @@ while :; do
   log "download attempt $n/$ATTEMPTS failed (exit $rc); retrying in $(( n * RETRY_DELAY )) s"
   sleep $(( n * RETRY_DELAY )); n=$(( n + 1 ))
 done
-unset HF_TOKEN MODELSCOPE_API_TOKEN
+unset TOKEN HF_TOKEN MODELSCOPE_API_TOKEN
 # Partial files that an interrupted huggingface_hub (>= 1.18) left behind: none is read again.
 if [ -d "$WPATH/.cache/huggingface/download" ]; then
   find "$WPATH/.cache/huggingface/download" -xdev -type f -name '*.incomplete' -delete
