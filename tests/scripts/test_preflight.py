@@ -17,7 +17,7 @@ import pytest
 
 from components.render.shell import GpuExpectation, PreflightSpec, preflight
 
-from .conftest import needs_root, run_script, write_exe
+from .conftest import LoopFactory, needs_root, run_script, write_exe
 
 pytestmark = pytest.mark.scripts
 
@@ -112,6 +112,32 @@ def test_matching_expectations_pass_with_facts(gpu_bin: Path, tmp_path: Path) ->
     assert facts["role"] == "head"
     assert "[lab-1] preflight: gpus: 2 x NVIDIA H20" in proc.stderr
     assert "preflight lab-1:" not in proc.stderr
+
+
+def test_disk_is_judged_by_the_device_storage_will_mount(
+    gpu_bin: Path, tmp_path: Path, loop_device: LoopFactory
+) -> None:
+    """Weights under a storage mount point that is not mounted yet: the disk that counts is
+    the storage device's whole size (through a by-id style link, as configured), not the
+    free space of the root filesystem under the empty directory."""
+    dev = loop_device(64)
+    link = tmp_path / "by-id" / "lab-spare-disk"
+    link.parent.mkdir()
+    link.symlink_to(dev)
+    mp = tmp_path / "data01"
+    weights = str(mp / "models" / "tiny")
+    fits = spec(tmp_path, weights_path=weights, storage_device=str(link),
+                storage_mount_point=str(mp), needed_bytes=32 * 1024**2)  # fmt: skip
+    proc = run_script(preflight(fits), path_prefix=gpu_bin)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["disk_source"] == f"device:{link}"
+    assert facts["disk_avail_bytes"] == 64 * 1024**2
+    too_big = spec(tmp_path, weights_path=weights, storage_device=str(link),
+                   storage_mount_point=str(mp), needed_bytes=65 * 1024**2)  # fmt: skip
+    proc = run_script(preflight(too_big), path_prefix=gpu_bin)
+    assert proc.returncode == 1
+    assert "only 0.1 GiB free at" in proc.stderr and "need 0.1 GiB more" in proc.stderr
 
 
 def test_all_problems_listed(gpu_bin: Path, tmp_path: Path, listening_port: int) -> None:

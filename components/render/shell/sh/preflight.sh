@@ -130,7 +130,9 @@ DISK_SOURCE="df:$P"
 if [ -n "$STORAGE_MP" ] && [ -n "$STORAGE_DEVICE" ] \
   && [[ "$WEIGHTS_PATH/" == "$STORAGE_MP/"* ]] && ! mountpoint -q -- "$STORAGE_MP" 2>/dev/null; then
   # The storage step will mount a fresh disk there; its size is what the weights get.
-  if DEVSIZE=$(blockdev --getsize64 -- "$STORAGE_DEVICE" 2>/dev/null); then
+  # No `--`: blockdev takes it for a command, prints the size and then exits 1 (the device
+  # is an absolute /dev path, validated by the renderer: it cannot look like an option).
+  if DEVSIZE=$(blockdev --getsize64 "$STORAGE_DEVICE" 2>/dev/null); then
     AVAIL=$DEVSIZE; DISK_SOURCE="device:$STORAGE_DEVICE"
   else
     problem "storage.device $STORAGE_DEVICE is not a readable block device" \

@@ -225,7 +225,7 @@ if [ "$STATE" = blank ]; then
   esac
   # Make the kernel see the new partition: partx works on loop devices and in containers
   # where the re-read ioctl alone does not add partitions; udev (if any) then makes nodes.
-  partx -u -- "$DEV" 2>/dev/null || partx -a -- "$DEV" 2>/dev/null || blockdev --rereadpt -- "$DEV" 2>/dev/null || true
+  partx -u -- "$DEV" 2>/dev/null || partx -a -- "$DEV" 2>/dev/null || blockdev --rereadpt "$DEV" 2>/dev/null || true
   command -v udevadm >/dev/null 2>&1 && udevadm settle --timeout=10 2>/dev/null || true
   TARGET=""
   for _ in 1 2 3 4 5 6 7 8 9 10; do
