@@ -11,6 +11,9 @@ GPUs are simulated; SSH, Docker, networking and disks are real.
     lab/lab status          show each host and whether it answers (exit 0 only when all do)
     lab/lab ssh HOST [CMD]  ssh to lab-N with the pinned host key
     lab/lab probe-image     build the small image the lab tests run with --gpus; print its tarball
+    lab/lab bare up [N] | bare down
+                            freshly installed hosts (no Docker, a blank disk), the lab hub and
+                            the Docker .debs, for the `bare` stack (lab/host/bare.py)
 
 Settings (environment): LAB_GPUS (2), LAB_GPU_MODEL ("NVIDIA H20"), LAB_GPU_MEMORY_MIB
 (97871), LAB_GPU_DRIVER ("550.54.15"), LAB_GPU_CUDA ("12.4"), LAB_SPARE_DISK_MB (0: none),
@@ -99,6 +102,7 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         list(cmd),
@@ -107,6 +111,7 @@ def run(
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
         check=False,
     )
     if check and proc.returncode != 0:
@@ -301,8 +306,10 @@ def ensure_mmdebstrap() -> None:
     run(["apt-get", "install", "-y", "-qq", "mmdebstrap"], env=env)
 
 
-def build_rootfs_image(kind: str, recipe: Path, repo: str) -> str:
-    tag = f"{repo}:{recipe_hash(recipe)}"
+def build_rootfs_image(kind: str, recipe: Path, repo: str, *shared: Path) -> str:
+    """The image of a recipe directory (its build.sh TAG MIRROR SUITE), tagged by the hash of
+    the recipe and of the `shared` directories its build also reads."""
+    tag = f"{repo}:{recipe_hash(recipe, *shared)}"
     if image_exists(tag):
         log(f"{kind} image {tag} is up to date")
         return tag
@@ -843,7 +850,10 @@ def cmd_up(count: int, *, engine: bool = True) -> int:
 def cmd_down(purge: bool) -> int:
     if run(["docker", "info"], check=False).returncode != 0:
         raise LabError("no Docker engine answers (tools/ensure-docker.sh starts one)")
+    import bare  # the bare hosts and the hub share the network, disks and lock
+
     with lab_lock():
+        bare.remove_all()
         hosts = lab_hosts()
         with ThreadPoolExecutor(max_workers=max(len(hosts), 1)) as pool:
             list(pool.map(remove_host, sorted(hosts)))
@@ -952,8 +962,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ssh.add_argument("host")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
     sub.add_parser("probe-image", help="build the test image; print its tarball path")
+    bare_cmd = sub.add_parser("bare", help="bare hosts (no Docker), the lab hub and the .debs")
+    bare_sub = bare_cmd.add_subparsers(dest="bare_command", required=True)
+    bare_up = bare_sub.add_parser("up", help="bring the bare hosts to N (default 1)")
+    bare_up.add_argument("count", nargs="?", type=int, default=1)
+    bare_sub.add_parser("down", help="remove the bare hosts and the hub")
     args = parser.parse_args(argv)
     try:
+        if args.command == "bare":
+            import bare
+
+            if args.bare_command == "up":
+                return bare.cmd_bare_up(args.count)
+            return bare.cmd_bare_down()
         if args.command == "up":
             return cmd_up(args.count, engine=not args.no_engine)
         if args.command == "down":
