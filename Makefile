@@ -5,7 +5,7 @@ WITH_ENV := tools/with-env
 PY := .venv/bin/python
 LAB_HOSTS ?= 2
 
-.PHONY: venv deps toolchain docker lab-up lab-down demo smoke test unit lint bench clean mutation mutation-table
+.PHONY: venv deps toolchain docker lab-up lab-down bare-up demo bare-demo smoke test unit lint bench clean mutation mutation-table
 
 venv: .venv/.installed
 .venv/.installed: requirements.txt requirements-dev.txt
@@ -28,6 +28,14 @@ lab-up: venv docker
 
 lab-down:
 	$(WITH_ENV) lab/lab down
+
+# Two bare lab hosts (no Docker, a blank disk), the lab hub and the Docker .debs (README).
+bare-up: venv docker
+	$(WITH_ENV) lab/lab bare up 2
+
+# The bare lab, then `pulumi up --refresh --stack bare` from nothing to a working endpoint.
+bare-demo: venv deps toolchain bare-up
+	STACK=bare $(WITH_ENV) tools/demo.sh
 
 # README main command: the lab, then `pulumi up --stack lab` to a working endpoint.
 demo: venv deps toolchain lab-up

@@ -290,7 +290,11 @@ def _weights_steps(
     verify = weights_verify(host.name, m.path, m.verify, require_manifest=m.source == "local")
     # Every copy into the model path is wrapped in claim begin/end on the host: what it adds
     # is recorded as this stack's, the only files weights_delete may remove.
-    claim_begin = run_over_ssh(target, weights_ensure_dir(host.name, m.path, owner)).rstrip()
+    # On the host's data disk: nothing is written there while it is not mounted.
+    mount_point = _data_mount(host, m.path)
+    claim_begin = run_over_ssh(
+        target, weights_ensure_dir(host.name, m.path, owner, mount_point=mount_point)
+    ).rstrip()
     claim_end = run_over_ssh(target, weights_claim_end(host.name, m.path, owner)).rstrip()
     if head is not None and m.distribution == "fanout":
         spec = FanoutSpec(
@@ -334,6 +338,7 @@ def _weights_steps(
         token="stdin" if settings.secrets.hub_token else "none",
         verify=m.verify,
         owner=owner,
+        mount_point=mount_point,
         engine_image=settings.image.name,
     )
     return WeightsSteps(
@@ -342,6 +347,15 @@ def _weights_steps(
         needs_hub_token=settings.secrets.hub_token,
         after_image=True,
     )
+
+
+def _data_mount(host: Host, path: str) -> str | None:
+    """The host's storage.mount_point when the model path is on it, else None."""
+    st = host.storage
+    if st is None:
+        return None
+    mp = st.mount_point.rstrip("/") or "/"
+    return st.mount_point if path == mp or path.startswith(mp + "/") else None
 
 
 def _weights_retention(

@@ -9,7 +9,8 @@ engine are simulated: systemd, SSH, the disk, dpkg, Docker, the real huggingface
 
 The tests are one scenario, in file order on one module fixture (the first `up`): the data-
 safety drill and the first `up` happen in the fixture; then a second `up` changes nothing, a
-reboot of both hosts comes back by itself, and `destroy` keeps the disk, the fstab line,
+reboot of both hosts comes back by itself, a data disk that did not mount stops the weights step
+instead of filling the root disk, and `destroy` keeps the disk, the fstab line,
 Docker and the weights. The bare hosts are their own (bare-N, 172.31.250.22N): the GPU lab's
 hosts and stacks are not touched.
 """
@@ -242,6 +243,27 @@ def test_reboot_drill_everything_comes_back_by_itself(first_up: FirstUp) -> None
         assert sh(host, "findmnt -n -o FSTYPE /data01").strip() == "xfs"
         assert sh(host, "systemctl is-active docker").strip() == "active"
     first_up.stack.up(expect_no_changes=True, refresh=True)
+
+
+def test_a_data_disk_that_did_not_mount_is_not_filled_from_under_it(first_up: FirstUp) -> None:
+    """The disk did not mount (at boot, say): the drift check finds the weights missing and
+    `up --refresh` fetches again. The fetch stops naming storage.mount_point instead of
+    writing the weights onto the root disk under the empty mount point; once the disk is
+    mounted again, `up` converges and serves."""
+    out = first_up.outputs
+    sh("bare-1", "umount -l /data01")  # lazily: the serving engine keeps its own view
+    with pytest.raises(PulumiCommandError) as stopped:
+        first_up.stack.up(refresh=True)
+    text = stopped.value.result.output
+    assert (
+        "/data01 (storage.mount_point of host bare-1) is not mounted: the data disk did not "
+        "mount (at boot?); refusing to write the weights onto the disk under it. Fix: mount it"
+    ) in text, text[-3000:]
+    assert sh("bare-1", "ls -A /data01") == ""  # nothing written under the mount point
+    sh("bare-1", "mount /data01")  # the fix the message names (fstab has the line)
+    first_up.stack.up(refresh=True)
+    ok = chat(out["endpoint"], out["api_key"], out["served_model_name"])
+    assert ok.status_code == 200, ok.text
 
 
 def test_destroy_keeps_disk_fstab_docker_image_and_weights(first_up: FirstUp) -> None:

@@ -5,6 +5,7 @@ guarded delete."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from components.render.shell import (
     MANIFEST,
     DownloadSpec,
     weights_download,
+    weights_ensure_dir,
     weights_verify,
     write_manifest,
 )
 
-from .conftest import needs_tools, run_script, write_exe
+from .conftest import LoopFactory, needs_root, needs_tools, run_script, write_exe
 
 pytestmark = pytest.mark.scripts
 
@@ -210,3 +212,52 @@ def test_missing_cli_fails_at_once(tmp_path: Path) -> None:
     proc = run_script(weights_download(spec), env={"PATH": "/usr/bin:/bin"})
     assert proc.returncode == 1
     assert "modelscope not found. Fix: pip install -U modelscope" in proc.stderr
+
+
+def test_nothing_is_written_under_a_data_mount_point_that_is_not_mounted(
+    fake_bin: Path, tmp_path: Path, loop_device: LoopFactory
+) -> None:
+    """The data disk did not mount (at boot, say): the drift check finds the weights missing
+    and the download runs again. It must stop, naming storage.mount_point, instead of filling
+    the root disk under the empty directory; once the disk is mounted it proceeds."""
+    needs_root()
+    needs_tools("mountpoint", "mkfs.ext4")
+    log = tmp_path / "cli.log"
+    fake_hf(fake_bin, log)
+    mp = tmp_path / "data01"
+    path = mp / "models" / "tiny"
+    script = weights_download(
+        DownloadSpec(
+            host="lab-1",
+            source="huggingface",
+            model_id="org/tiny-llama",
+            path=str(path),
+            retry_delay_s=0,
+            owner=OWNER,
+            state_dir=str(tmp_path / "state"),
+            mount_point=str(mp),
+        )
+    )
+    mp.mkdir()
+    proc = run_script(script, path_prefix=fake_bin)
+    assert proc.returncode == 1
+    assert (
+        f"{mp} (storage.mount_point of host lab-1) is not mounted: the data disk did not mount"
+    ) in proc.stderr
+    assert f"Fix: mount it (mount {mp}, see /etc/fstab)" in proc.stderr
+    assert list(mp.iterdir()) == [] and not log.exists()  # nothing written, no CLI run
+
+    dev = loop_device(64)
+    subprocess.run(["mkfs.ext4", "-q", dev], check=True)
+    subprocess.run(["mount", dev, str(mp)], check=True)
+    proc = run_script(script, path_prefix=fake_bin)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files"] == 2
+    # The ensure-dir step (rsync and fan-out) takes the same guard.
+    subprocess.run(["umount", str(mp)], check=True)
+    ensure = weights_ensure_dir(
+        "lab-1", str(path), OWNER, state_dir=str(tmp_path / "state"), mount_point=str(mp)
+    )
+    proc = run_script(ensure)
+    assert proc.returncode == 1 and "is not mounted" in proc.stderr
+    assert list(mp.iterdir()) == []

@@ -83,15 +83,31 @@ def _check_owner(owner: str) -> str:
     return owner
 
 
-def _claim_lines(path: str, owner: str, state_dir: str) -> list[str]:
-    """Variables and the tool for ``wclaim begin|end`` (record what this stack writes)."""
+def _claim_lines(
+    path: str, owner: str, state_dir: str, mount_point: str | None = None
+) -> list[str]:
+    """Variables and the tool for ``wclaim begin|end`` (record what this stack writes).
+
+    ``mount_point``: the host's storage.mount_point when the model path is on it. ``wclaim
+    begin`` (which every writer runs first) then refuses to write while it is not mounted: a
+    data disk that did not mount at boot would otherwise get its weights re-fetched onto the
+    root disk under the empty directory (the drift check finds them missing)."""
+    mp = check_abs_path(mount_point, "storage.mount_point") if mount_point else ""
     return [
         f"WPATH={q(_check_model_path(path))}",
         f"OWNER={q(_check_owner(owner))}",
         f"OWNER_DIR={q(check_abs_path(state_dir, 'state_dir', min_components=1))}",
+        f"REQUIRE_MOUNT={q(mp)}",
         _tool_function(),
-        'wclaim() { wtool "claim-$1" "$WPATH" --owner "$OWNER" --state-dir "$OWNER_DIR"'
-        ' --host "$HOST"; }',
+        "wclaim() {",
+        '  if [ "$1" = begin ] && [ -n "$REQUIRE_MOUNT" ] \\',
+        '    && ! mountpoint -q -- "$REQUIRE_MOUNT"; then',
+        '    die "$REQUIRE_MOUNT (storage.mount_point of host $HOST) is not mounted: the data disk'
+        " did not mount (at boot?); refusing to write the weights onto the disk under it. Fix:"
+        ' mount it (mount $REQUIRE_MOUNT, see /etc/fstab), then run pulumi up again"',
+        "  fi",
+        '  wtool "claim-$1" "$WPATH" --owner "$OWNER" --state-dir "$OWNER_DIR" --host "$HOST"',
+        "}",
     ]
 
 
@@ -138,6 +154,9 @@ class DownloadSpec:
     """``<project>/<stack>``: the files the download writes are recorded as this owner's."""
     state_dir: str = OWNER_DIR
     """Where the ownership records live on the host (tests point it elsewhere)."""
+    mount_point: str | None = None
+    """storage.mount_point when ``path`` is on the host's data disk: no download while it is
+    not mounted."""
     engine_image: str | None = None
     """The engine image (``image.name``), on the host once the image step ran: its hub
     client (vLLM images ship huggingface_hub) runs the download when the host has no CLI."""
@@ -210,7 +229,7 @@ def weights_download(spec: DownloadSpec) -> str:
     ):
         raise ValueError(f"engine image must be one word: {spec.engine_image!r}")
     lines = [
-        *_claim_lines(spec.path, spec.owner, spec.state_dir),
+        *_claim_lines(spec.path, spec.owner, spec.state_dir, spec.mount_point),
         f"SOURCE={q(spec.source)}",
         f"MODEL_ID={q(spec.model_id)}",
         f"REVISION={q(spec.revision or '')}",
@@ -230,12 +249,22 @@ def weights_download(spec: DownloadSpec) -> str:
     return render(spec.host, "weights", "\n".join(lines))
 
 
-def weights_ensure_dir(host: str, path: str, owner: str, state_dir: str = OWNER_DIR) -> str:
+def weights_ensure_dir(
+    host: str,
+    path: str,
+    owner: str,
+    state_dir: str = OWNER_DIR,
+    mount_point: str | None = None,
+) -> str:
     """Before anything writes into the model path (an rsync from the operator machine, a
     copy from the head): create it (the directories created are recorded) and note what is
     already there, so only what the copy adds counts as this stack's."""
     body = "\n".join(
-        [*_claim_lines(path, owner, state_dir), "wclaim begin", 'log "directory $WPATH ready"']
+        [
+            *_claim_lines(path, owner, state_dir, mount_point),
+            "wclaim begin",
+            'log "directory $WPATH ready"',
+        ]
     )
     return render(host, "weights", body)
 
