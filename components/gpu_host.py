@@ -79,7 +79,14 @@ class GpuHost(pulumi.ComponentResource):
             return cmd
 
         def from_here(role: str, script: str, triggers: list[Any] | None = None) -> local.Command:
-            cmd = local_step(f"{name}-{role}", script, triggers=triggers, opts=after_previous())
+            # The host's pinned key is part of the step (a comment line): a reinstalled server
+            # (new host key) gets these operator-side steps again, as it gets the host steps
+            # (their connection changes). Without it the .deb copy never re-ran on a reimaged
+            # host, and the Docker step then failed with dockerd missing.
+            pinned = f"# {name}: host key {args.connection.host_key}\n"
+            cmd = local_step(
+                f"{name}-{role}", pinned + script, triggers=triggers, opts=after_previous()
+            )
             previous[:] = [cmd]
             return cmd
 

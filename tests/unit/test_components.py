@@ -338,6 +338,9 @@ def test_host_steps_in_order_and_image_kept(mocks: RecordingMocks) -> Any:
         for name in on_host:
             assert_connects_to(mocks.named(name), "10.0.0.1")
         assert [r.name for r in mocks.of_type(LOCAL)] == ["h1-deb-copy"]
+        # The operator-side step carries the host's pinned key: a reinstalled server (new
+        # key) gets its .debs again, as the host steps re-run on their changed connection.
+        assert mocks.named("h1-deb-copy").script == f"# h1: host key {HOST_KEY}\nrsync debs"
         image = mocks.named("h1-image")
         assert image.inputs["keepLocally"] is True
         provider = mocks.named("h1-docker")
