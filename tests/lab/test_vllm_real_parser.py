@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "lab" / "vllm-cpu" / "build.sh"
 CHECKER = REPO / "tools" / "vllm-cpu" / "check_argv.py"
 # Stacks that must exist: the test cannot pass by finding no stack file at all.
-REQUIRED_STACKS = {"h20", "lab", "lab-cpu"}
+REQUIRED_STACKS = {"h20", "lab", "lab-cpu", "bare"}
 # The lab's tiny model (lab contract); made by lab/engine/make_tiny_model.py when absent.
 LAB_MODEL_DIR = ".lab/model/tiny-llama"
 MAKE_TINY_MODEL = REPO / "lab" / "engine" / "make_tiny_model.py"
@@ -127,6 +127,15 @@ def operator_side(raw: dict[str, Any], tmp: Path) -> dict[str, Any]:
         model["local_dir"] = _model_dir(model["local_dir"], tmp)
     if model.get("config_file") and not Path(model["config_file"]).is_absolute():
         model["config_file"] = str(REPO / model["config_file"])
+        if Path(model["config_file"]).parent == REPO / LAB_MODEL_DIR:
+            model["config_file"] = str(Path(_model_dir(LAB_MODEL_DIR, tmp)) / "config.json")
+    docker = raw.get("docker", {})
+    if docker.get("deb_dir"):
+        # The .deb files only travel to hosts; one stand-in file is enough to render.
+        debs = tmp / "debs"
+        debs.mkdir()
+        (debs / "docker.io_0_amd64.deb").write_bytes(b"not a real package")
+        docker["deb_dir"] = str(debs)
     return raw
 
 

@@ -478,6 +478,7 @@ def test_the_repository_has_its_stacks() -> None:
         "Pulumi.h20.yaml",
         "Pulumi.lab.yaml",
         "Pulumi.lab-cpu.yaml",
+        "Pulumi.bare.yaml",
     }
 
 
