@@ -101,8 +101,9 @@ def ensure_bare_image() -> str:
 
 
 def dpkg_status_of(image: str) -> str:
-    return lc.docker("run", "--rm", "--network=none", "--entrypoint=cat", image,
-                     "/var/lib/dpkg/status")  # fmt: skip
+    return lc.docker(
+        "run", "--rm", "--network=none", "--entrypoint=cat", image, "/var/lib/dpkg/status"
+    )
 
 
 _INST = re.compile(r"^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) ")
@@ -116,10 +117,18 @@ def resolve_debs(image: str) -> list[tuple[str, str]]:
         status = Path(tmp) / "status"
         status.write_text(dpkg_status_of(image))
         argv = [
-            "apt-get", "-s", "-q", "-o", f"Dir::State::status={status}",
-            "-o", "APT::Install-Recommends=false", "-o", "APT::Install-Suggests=false",
-            "install", "docker.io",
-        ]  # fmt: skip
+            "apt-get",
+            "-s",
+            "-q",
+            "-o",
+            f"Dir::State::status={status}",
+            "-o",
+            "APT::Install-Recommends=false",
+            "-o",
+            "APT::Install-Suggests=false",
+            "install",
+            "docker.io",
+        ]
         proc = lc.run(argv, check=False)
         if proc.returncode != 0:
             lc.log("apt-get could not resolve docker.io: updating the package lists", "debs")
@@ -142,10 +151,14 @@ def ensure_debs(image: str) -> Path:
         part = cache.with_name(cache.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
-        lc.log(f"apt-get download of {len(wanted)} package(s): "
-               + " ".join(f"{n}={v}" for n, v in wanted), "debs")  # fmt: skip
-        proc = lc.run(["apt-get", "download", "-q", *(f"{n}={v}" for n, v in wanted)],
-                      check=False, cwd=part)  # fmt: skip
+        lc.log(
+            f"apt-get download of {len(wanted)} package(s): "
+            + " ".join(f"{n}={v}" for n, v in wanted),
+            "debs",
+        )
+        proc = lc.run(
+            ["apt-get", "download", "-q", *(f"{n}={v}" for n, v in wanted)], check=False, cwd=part
+        )
         if proc.returncode != 0:
             lc.run(["apt-get", "update", "-qq"])
             lc.run(["apt-get", "download", "-q", *(f"{n}={v}" for n, v in wanted)], cwd=part)
@@ -156,16 +169,10 @@ def ensure_debs(image: str) -> Path:
         (part / ".complete").touch()
         part.rename(cache)
     size = sum(p.stat().st_size for p in cache.glob("*.deb"))
-    if DEBS_LINK.is_symlink() or DEBS_LINK.exists():
-        if DEBS_LINK.is_symlink() and Path(os.readlink(DEBS_LINK)) == cache:
-            pass
-        else:
-            if DEBS_LINK.is_dir() and not DEBS_LINK.is_symlink():
-                shutil.rmtree(DEBS_LINK)
-            else:
-                DEBS_LINK.unlink()
-            DEBS_LINK.symlink_to(cache)
-    else:
+    if not (DEBS_LINK.is_symlink() and DEBS_LINK.readlink() == cache):
+        if DEBS_LINK.is_dir() and not DEBS_LINK.is_symlink():
+            shutil.rmtree(DEBS_LINK)
+        DEBS_LINK.unlink(missing_ok=True)
         DEBS_LINK.parent.mkdir(parents=True, exist_ok=True)
         DEBS_LINK.symlink_to(cache)
     lc.log(f"{DEBS_LINK} -> {cache}: {len(wanted)} .deb files, {size / 1e6:.1f} MB", "debs")
@@ -201,13 +208,23 @@ def ensure_hub(image: str) -> dict[str, Any]:
         f"--volume={HUB_TOKEN}:/run/hub-token:ro",
         "--entrypoint=python3",
         image,
-        "/opt/hubd.py", "--repo", f"{HUB_REPO_ID}=/srv/{HUB_REPO_ID}", "--bind", "0.0.0.0",
-        "--port", str(HUB_PORT), "--token-file", "/run/hub-token",
-    ]  # fmt: skip
+        "/opt/hubd.py",
+        "--repo",
+        f"{HUB_REPO_ID}=/srv/{HUB_REPO_ID}",
+        "--bind",
+        "0.0.0.0",
+        "--port",
+        str(HUB_PORT),
+        "--token-file",
+        "/run/hub-token",
+    ]
     token_hash = hashlib.sha256(HUB_TOKEN.read_bytes()).hexdigest()
-    inputs = [args, token_hash, lc.recipe_hash(hubd.parent), sorted(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model.iterdir()
-    )]  # fmt: skip
+    inputs = [
+        args,
+        token_hash,
+        lc.recipe_hash(hubd.parent),
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model.iterdir()),
+    ]
     digest = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
     state = lc.container_state(HUB_CONTAINER)
     if state is not None and (
@@ -236,8 +253,9 @@ def ensure_hub(image: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- hosts
 
 
-def run_args(host: BareHost, image: str, pubkey: str, spare: dict[str, Any],
-             settings: lc.Settings) -> list[str]:  # fmt: skip
+def run_args(
+    host: BareHost, image: str, pubkey: str, spare: dict[str, Any], settings: lc.Settings
+) -> list[str]:
     args = [
         "--detach",
         f"--name={host.container}",
@@ -270,25 +288,34 @@ def wait_ssh(host: BareHost, settings: lc.Settings) -> tuple[str, float]:
     pinned.parent.mkdir(parents=True, exist_ok=True)
     last = ""
     while time.monotonic() < deadline:
-        out = lc.run(["docker", "exec", host.container, "cat",
-                      "/etc/ssh/ssh_host_ed25519_key.pub"], check=False)  # fmt: skip
+        out = lc.run(
+            ["docker", "exec", host.container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
+            check=False,
+        )
         if out.returncode == 0 and out.stdout.startswith("ssh-ed25519 "):
             key = " ".join(out.stdout.split()[:2])
             pinned.write_text(f"{host.address} {key}\n")
-            proc = lc.run([*lc.ssh_cmd(host.address, pinned, timeout_s=3),
-                           "systemctl is-system-running --wait >/dev/null; true"],
-                          check=False, timeout=60)  # fmt: skip
+            proc = lc.run(
+                [
+                    *lc.ssh_cmd(host.address, pinned, timeout_s=3),
+                    "systemctl is-system-running --wait >/dev/null; true",
+                ],
+                check=False,
+                timeout=60,
+            )
             if proc.returncode == 0:
                 pinned.unlink(missing_ok=True)
                 return key, time.monotonic() - t0
             last = proc.stderr.strip()
         time.sleep(0.5)
-    raise lc.LabError(f"{host.name}: sshd not answering after {settings.ready_timeout_s:.0f}s: "
-                      f"{last}")  # fmt: skip
+    raise lc.LabError(
+        f"{host.name}: sshd not answering after {settings.ready_timeout_s:.0f}s: {last}"
+    )
 
 
-def ensure_bare_host(host: BareHost, image: str, pubkey: str, settings: lc.Settings,
-                     spare_mb: int) -> dict[str, Any]:  # fmt: skip
+def ensure_bare_host(
+    host: BareHost, image: str, pubkey: str, settings: lc.Settings, spare_mb: int
+) -> dict[str, Any]:
     spare = lc.ensure_spare_disk(host, spare_mb)
     args = run_args(host, image, pubkey, spare, settings)
     digest = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
@@ -299,8 +326,13 @@ def ensure_bare_host(host: BareHost, image: str, pubkey: str, settings: lc.Setti
         lc.docker("rm", "-f", host.container)
         state = None
     if state is None:
-        lc.docker("volume", "create", f"--label={lc.LABEL}=1", f"--label={BARE_LABEL}="
-                  f"{host.index}", host.volume)  # fmt: skip
+        lc.docker(
+            "volume",
+            "create",
+            f"--label={lc.LABEL}=1",
+            f"--label={BARE_LABEL}={host.index}",
+            host.volume,
+        )
         lc.docker("run", f"--label=vllm-lab.config={digest}", *args)
         lc.log(f"started {host.container} at {host.address} (systemd, no Docker)", host.name)
     elif not state["State"]["Running"]:
@@ -316,14 +348,23 @@ def ensure_bare_host(host: BareHost, image: str, pubkey: str, settings: lc.Setti
         "port": 22,
         "host_key": key,
         "spare_disk": {**spare, "link": SPARE_LINK},
-        "gpu": {"model": settings.gpu_model, "count": settings.gpus,
-                "memory_mib": settings.gpu_memory_mib},
-    }  # fmt: skip
+        "gpu": {
+            "model": settings.gpu_model,
+            "count": settings.gpus,
+            "memory_mib": settings.gpu_memory_mib,
+        },
+    }
 
 
 def bare_hosts() -> dict[int, str]:
-    out = lc.docker("ps", "-a", "--filter", f"label={BARE_LABEL}", "--format",
-                    '{{.Names}} {{.Label "' + BARE_LABEL + '"}}')  # fmt: skip
+    out = lc.docker(
+        "ps",
+        "-a",
+        "--filter",
+        f"label={BARE_LABEL}",
+        "--format",
+        '{{.Names}} {{.Label "' + BARE_LABEL + '"}}',
+    )
     found: dict[int, str] = {}
     for line in out.splitlines():
         name, _, index = line.partition(" ")
@@ -373,9 +414,11 @@ def cmd_bare_up(count: int) -> int:
         hosts = [BareHost(i) for i in range(1, count + 1)]
         try:
             with ThreadPoolExecutor(max_workers=count) as pool:
-                ready = list(pool.map(
-                    lambda h: ensure_bare_host(h, image, pubkey, settings, spare_mb), hosts
-                ))  # fmt: skip
+                ready = list(
+                    pool.map(
+                        lambda h: ensure_bare_host(h, image, pubkey, settings, spare_mb), hosts
+                    )
+                )
         except BaseException:
             INVENTORY.unlink(missing_ok=True)
             raise
@@ -386,13 +429,19 @@ def cmd_bare_up(count: int) -> int:
             "ssh_private_key": str(lc.KEY),
             "known_hosts": str(KNOWN_HOSTS),
             "hub": hub,
-            "debs": {"dir": str(DEBS_LINK), "cache": str(debs),
-                     "packages": json.loads((debs / "packages.json").read_text())},
-            "engine_image": {"tag": lc.ENGINE_TAG, "tarball": str(lc.ENGINE_TARBALL),
-                             "id": engine and engine["id"]},
+            "debs": {
+                "dir": str(DEBS_LINK),
+                "cache": str(debs),
+                "packages": json.loads((debs / "packages.json").read_text()),
+            },
+            "engine_image": {
+                "tag": lc.ENGINE_TAG,
+                "tarball": str(lc.ENGINE_TARBALL),
+                "id": engine and engine["id"],
+            },
             "model_dir": str(lc.MODEL_DIR),
             "hosts": ready,
-        }  # fmt: skip
+        }
         lc.atomic_write(INVENTORY, json.dumps(inventory, indent=2) + "\n")
         lc.log(f"bare lab: {count} host(s) ready; inventory {INVENTORY}")
     return 0
