@@ -31,6 +31,7 @@ engine_image_present() {
     && docker image inspect -- "$ENGINE_IMAGE" >/dev/null 2>&1
 }
 RUNNER=host
+DL_NAME=""
 CLI=()
 ARGS=()
 case "$SOURCE" in
@@ -76,7 +77,6 @@ else
   # stopped before the next starts, so two never write the same files.
   DL_NAME="vllm-cluster-download-$(printf '%s' "$WPATH" | sha256sum | cut -c1-12)"
   docker rm -f -- "$DL_NAME" >/dev/null 2>&1 || true
-  trap 'docker rm -f -- "$DL_NAME" >/dev/null 2>&1 || true' EXIT
   CLI=(docker run --rm -i --pull=never --name "$DL_NAME" --network host
     --volume "$WPATH:$WPATH" --workdir /
     --env HF_ENDPOINT --env HF_HUB_DISABLE_UPDATE_CHECK
@@ -94,7 +94,8 @@ log "downloading $MODEL_ID${REVISION:+@$REVISION} from $SOURCE${ENDPOINT:+ ($END
 # The CLI's output goes to stderr as it comes and to a private file, read only to tell a
 # refused token (no retry can fix it) from a network error. The CLIs never print the token.
 CLI_LOG=$(mktemp)
-trap 'rm -f -- "$CLI_LOG"' EXIT
+# On the way out, also the download container if one is left (a step stopped by a signal).
+trap 'rm -f -- "$CLI_LOG"; [ -z "${DL_NAME:-}" ] || docker rm -f -- "$DL_NAME" >/dev/null 2>&1 || true' EXIT
 AUTH_REFUSED='401 Unauthorized|403 Forbidden|40[13] Client Error|\[40[13]\] |Invalid credentials|Invalid user token'
 n=1
 # A retry skips the files already complete. A partly downloaded file starts over with
