@@ -349,19 +349,41 @@ def tp_problems(cfg: ModelConfig, tp: int, ep: bool = False) -> list[str]:
     seen: set[str] = set()
     for layer in {id(layer): layer for layer in build_inventory(cfg).layers}.values():
         for t in layer:
-            if t.shard not in ("col", "row") or t.kind != "linear":
+            if t.shard not in ("col", "row", "kv") or t.kind != "linear":
                 continue
             if ep and t.routed_expert:
                 continue  # whole experts: their dimensions are not split
-            size = t.rows if t.shard == "col" else t.cols
             name = t.dim_name or t.name
             if name in seen:
                 continue
-            msg = _shard_problem(name, size, tp, t.shard, quant)
+            if t.shard == "kv":
+                msg = _kv_block_problem(name, t, tp, quant)
+            else:
+                size = t.rows if t.shard == "col" else t.cols
+                msg = _shard_problem(name, size, tp, t.shard, quant)
             if msg:
                 seen.add(name)
                 problems.append(msg)
     return problems
+
+
+def _kv_block_problem(name: str, t: Tensor, tp: int, quant: Quantization) -> str:
+    """The K and V parts of the merged QKV weight under FP8 blocks. vLLM's QKVParallelLinear
+    passes [q, k, v] rows per GPU as its output partitions, and with TP > 1 every one of
+    them must be whole block_n blocks: vLLM before the merged-layer allowance (v0.8.5 among
+    them) refuses to start, later versions skip the check and load K's and V's scales from
+    the wrong block rows. KV heads are split by TP, or replicated one per GPU beyond it."""
+    if tp == 1 or quant.method != "fp8" or not quant.block:
+        return ""
+    part = t.shape_on_gpu(tp)[0]
+    block = quant.block[0]
+    if part % block == 0:
+        return ""
+    split = f"/ TP {tp}" if t.heads >= tp else f"over TP {tp} (one replicated KV head per GPU)"
+    return (
+        f"{name} {t.rows} {split} = {part} is not a multiple of the FP8 block "
+        f"{block} (quantization_config.weight_block_size)"
+    )
 
 
 def _shard_problem(name: str, size: int, tp: int, shard: Shard, quant: Quantization) -> str:
