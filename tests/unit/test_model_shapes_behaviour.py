@@ -517,8 +517,24 @@ def _value_of(keys: str, raw: dict[str, Any]) -> int:
             ],
             id="mla-ep-shared-expert",
         ),
-        # Without TP nothing is split: a ragged last block or group is fine (MLP 320)
-        pytest.param(_tiny_gqa("llama", intermediate_size=320), 1, False, [], id="fp8-tp1"),
+        # Without TP a single weight's ragged last block is fine (its scale covers the rest):
+        # MLA's kv_b_proj, 4 x (32 + 48) = 320 rows, and o_proj's 4 x 48 = 192 columns
+        pytest.param(
+            _tiny_mla(qk_nope_head_dim=32, v_head_dim=48), 1, False, [], id="fp8-tp1-single"
+        ),
+        # but the parts of a merged weight are not: gate_proj and up_proj are one weight in
+        # vLLM, and up's scales start at gate's 320 rows rounded up to 384 (MLP 320)
+        pytest.param(
+            _tiny_gqa("llama", intermediate_size=320), 1, False, ["intermediate_size"], id="fp8-tp1"
+        ),
+        # nor are q, k and v: one KV head of 64 rows leaves V's rows under K's scale
+        pytest.param(
+            _tiny_gqa("llama", num_key_value_heads=1),
+            1,
+            False,
+            ["num_key_value_heads x head_dim"],
+            id="fp8-tp1-kv",
+        ),
         pytest.param(
             _tiny_gqa("llama", intermediate_size=320, quantization_config=AWQ_128),
             1,
@@ -594,13 +610,13 @@ def test_tp_refusals_quote_config_keys_with_their_values(
 
 def test_fp8_block_gqa_whose_kv_rows_per_gpu_are_not_whole_blocks_is_refused_that_tp() -> None:
     """vLLM's QKVParallelLinear gives the FP8 block check one output partition per part of the
-    merged weight, [q, k, v] rows per GPU, and with TP > 1 every one must be whole block_n
-    rows (fp8_utils.validate_fp8_block_shape). 8 heads x 64, 2 KV heads, 128 x 128 blocks:
+    merged weight, [q, k, v] rows per GPU, and every one must be whole block_n rows, with or
+    without TP (fp8_utils.validate_fp8_block_shape). 8 heads x 64, 2 KV heads, 128 x 128 blocks:
     at TP 2, q is 8 x 64 / 2 = 256 rows (2 blocks) but k and v are 2 x 64 / 2 = 64 rows each
-    (half a block), so vLLM refuses TP 2; TP 1 splits nothing and is the one legal size."""
+    (half a block), so vLLM refuses TP 2; at TP 1 all three are whole blocks."""
     raw = _tiny_gqa("llama", hidden_size=512, num_attention_heads=8)
     cfg = parse_model_config(raw)
-    assert tp_problems(cfg, 1) == []
+    assert tp_problems(cfg, 1) == []  # q 512, k and v 128 rows each: whole blocks
     assert tp_problems(cfg, 2) == [
         "num_key_value_heads x head_dim 128 / TP 2 = 64 is not a multiple of the FP8 block 128 "
         "(quantization_config.weight_block_size)"
@@ -618,6 +634,12 @@ def test_fp8_block_gqa_whose_kv_rows_per_gpu_are_not_whole_blocks_is_refused_tha
         "num_key_value_heads x head_dim 384 over TP 4 (one replicated KV head per GPU) = 192 "
         "is not a multiple of the FP8 block 128 (quantization_config.weight_block_size)"
     ]
-    # Blocks of 64 rows: 64 KV rows per GPU are one whole block
+    # A single KV head of 64 rows is half a block even without TP (V's scales would start
+    # at K's offset rounded up); blocks of 64 rows make 64 KV rows per GPU one whole block
+    one_kv = parse_model_config({**raw, "num_key_value_heads": 1})
+    assert tp_problems(one_kv, 1) == [
+        "num_key_value_heads x head_dim 64 / TP 1 = 64 is not a multiple of the FP8 block 128 "
+        "(quantization_config.weight_block_size)"
+    ]
     narrow = {"quant_method": "fp8", "weight_block_size": [64, 128]}
     assert tp_problems(parse_model_config({**raw, "quantization_config": narrow}), 2) == []
