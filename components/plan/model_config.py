@@ -446,6 +446,8 @@ def load_model_config(path: str | Path) -> ModelConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ModelConfigError(f"cannot read {p}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelConfigError(f"{p} is not UTF-8 text: {exc}") from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -465,7 +467,7 @@ def read_index_total_size(config_path: str | Path) -> int | None:
         return None
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelConfigError(f"cannot read {index}: {exc}") from exc
     total = data.get("metadata", {}).get("total_size") if isinstance(data, dict) else None
     if total is None:

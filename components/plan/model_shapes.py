@@ -48,6 +48,10 @@ class Tensor:
     heads: int = 0  # "kv" shard: number of KV heads along `rows`
     dim_name: str = ""  # config.json field behind the split dimension (for messages)
     routed_expert: bool = False  # placed whole per GPU under expert parallelism
+    # One part of a merged weight (QKVParallelLinear's q/k/v, MergedColumnParallelLinear's
+    # and FusedMoE's gate/up): vLLM places each part's FP8 block scales from the part's
+    # offset rounded up to a block, so a part must be whole blocks even without TP.
+    merged: bool = False
 
     @property
     def params(self) -> int:
@@ -190,6 +194,7 @@ def _mlp(
             copies,
             dim_name=dim_name,
             routed_expert=routed,
+            merged=shard == "col",  # gate_proj + up_proj
         )
 
     return [
@@ -205,9 +210,13 @@ def _gqa_attention(cfg: ModelConfig) -> list[Tensor]:
     # The split dimension is heads x head_dim rows: messages name both keys, not a head count.
     heads, kvh = "num_attention_heads x head_dim", "num_key_value_heads x head_dim"
     out = [
-        Tensor("q_proj", q_rows, h, "linear", "col", dim_name=heads),
-        Tensor("k_proj", kv_rows, h, "linear", "kv", heads=cfg.num_kv_heads, dim_name=kvh),
-        Tensor("v_proj", kv_rows, h, "linear", "kv", heads=cfg.num_kv_heads, dim_name=kvh),
+        Tensor("q_proj", q_rows, h, "linear", "col", dim_name=heads, merged=True),
+        Tensor(
+            "k_proj", kv_rows, h, "linear", "kv", heads=cfg.num_kv_heads, dim_name=kvh, merged=True
+        ),
+        Tensor(
+            "v_proj", kv_rows, h, "linear", "kv", heads=cfg.num_kv_heads, dim_name=kvh, merged=True
+        ),
         Tensor("o_proj", h, q_rows, "linear", "row", dim_name=heads),
     ]
     if cfg.qkv_bias:
@@ -349,26 +358,52 @@ def tp_problems(cfg: ModelConfig, tp: int, ep: bool = False) -> list[str]:
     seen: set[str] = set()
     for layer in {id(layer): layer for layer in build_inventory(cfg).layers}.values():
         for t in layer:
-            if t.shard not in ("col", "row") or t.kind != "linear":
+            if t.shard not in ("col", "row", "kv") or t.kind != "linear":
                 continue
             if ep and t.routed_expert:
                 continue  # whole experts: their dimensions are not split
-            size = t.rows if t.shard == "col" else t.cols
             name = t.dim_name or t.name
             if name in seen:
                 continue
-            msg = _shard_problem(name, size, tp, t.shard, quant)
+            if t.shard == "kv":
+                msg = _kv_block_problem(name, t, tp, quant)
+            else:
+                size = t.rows if t.shard == "col" else t.cols
+                msg = _shard_problem(name, size, tp, t.shard, quant, t.merged)
             if msg:
                 seen.add(name)
                 problems.append(msg)
     return problems
 
 
-def _shard_problem(name: str, size: int, tp: int, shard: Shard, quant: Quantization) -> str:
+def _kv_block_problem(name: str, t: Tensor, tp: int, quant: Quantization) -> str:
+    """The K and V parts of the merged QKV weight under FP8 blocks. vLLM's QKVParallelLinear
+    passes [q, k, v] rows per GPU as its output partitions, and every one of them must be
+    whole block_n rows, with or without TP: vLLM before the merged-layer allowance (v0.8.5
+    among them) refuses to start, later versions skip the check and place K's and V's
+    scales from offsets rounded up to a block (linear.py adjust_block_scale_shard), which
+    gives V rows K's scale. KV heads are split by TP, or replicated one per GPU beyond it."""
+    if quant.method != "fp8" or not quant.block:
+        return ""
+    part = t.shape_on_gpu(tp)[0]
+    block = quant.block[0]
+    if part % block == 0:
+        return ""
+    split = f"/ TP {tp}" if t.heads >= tp else f"over TP {tp} (one replicated KV head per GPU)"
+    return (
+        f"{name} {t.rows} {split} = {part} is not a multiple of the FP8 block "
+        f"{block} (quantization_config.weight_block_size)"
+    )
+
+
+def _shard_problem(
+    name: str, size: int, tp: int, shard: Shard, quant: Quantization, merged: bool = False
+) -> str:
     if size % tp:
         return f"{name} {size} is not divisible by TP {tp}"
     part = size // tp
-    if tp > 1 and quant.method == "fp8" and quant.block:
+    # Unsplit and unmerged, a ragged last block is fine (its scale covers the remainder).
+    if (tp > 1 or merged) and quant.method == "fp8" and quant.block:
         block = quant.block[0] if shard == "col" else quant.block[1]
         if part % block:
             return (

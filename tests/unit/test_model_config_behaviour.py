@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from components.plan.model_config import (
     parse_model_config,
     read_index_total_size,
 )
+from components.plan.sizing import PlanError, plan_for_config_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_configs"
 R1_CONFIG = Path(__file__).resolve().parents[2] / "models" / "deepseek-r1" / "config.json"
@@ -885,3 +889,54 @@ def test_an_index_that_is_not_json_is_refused_by_path(tmp_path: Path) -> None:
     with pytest.raises(ModelConfigError) as err:
         read_index_total_size(config)
     assert str(err.value).startswith(f"cannot read {index}: ")
+
+
+def test_a_config_or_index_that_is_not_utf8_is_refused_by_path(tmp_path: Path) -> None:
+    """A Latin-1 byte in config.json or the index is a ModelConfigError naming the file (the
+    planner's PlanError on `config_file`), not a UnicodeDecodeError traceback."""
+    config = tmp_path / "config.json"
+    config.write_bytes(json.dumps(_raw("llama-3-8b"))[:-1].encode() + b', "note": "\xe9"}')
+    with pytest.raises(ModelConfigError) as err:
+        load_model_config(config)
+    assert str(err.value).startswith(f"{config} is not UTF-8 text: ")
+    with pytest.raises(PlanError) as plan_err:
+        plan_for_config_file(config, gpu_memory_gib=80, gpus_per_node=1)
+    assert plan_err.value.field == "config_file"
+    assert str(plan_err.value).startswith(f"{config} is not UTF-8 text: ")
+
+    config = _index_dir(tmp_path, None)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_bytes(b'{"metadata": {"total_size": 1, "note": "\xe9"}}')
+    with pytest.raises(ModelConfigError) as err:
+        read_index_total_size(config)
+    assert str(err.value).startswith(f"cannot read {index}: ")
+
+
+def test_config_and_index_are_read_as_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """Under a C locale without Python's UTF-8 mode the default encoding is ASCII: a
+    config.json and index with non-ASCII text (a model card name in Chinese) still load."""
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps({**_raw("llama-3-8b"), "_name_or_path": "通义千问"}, ensure_ascii=False),
+        encoding="utf-8",
+    )
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 16060522496, "note": "模型"}}, ensure_ascii=False),
+        encoding="utf-8",
+    )
+    code = (
+        "import sys\n"
+        "from components.plan.model_config import load_model_config, read_index_total_size\n"
+        "print(load_model_config(sys.argv[1]).num_layers, read_index_total_size(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=False,
+    )
+    assert (out.returncode, out.stdout) == (0, "32 16060522496\n"), out.stderr

@@ -20,7 +20,7 @@ import pytest
 
 from components.plan.model_config import parse_model_config
 from components.plan.model_shapes import build_inventory, tp_problems
-from components.plan.sizing import make_plan
+from components.plan.sizing import PlanError, make_plan
 
 FIXTURES = Path(__file__).parent / "fixtures" / "model_configs"
 FP8_BLOCK_128 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
@@ -375,7 +375,9 @@ def test_whole_experts_that_do_not_divide_the_group_count_the_fullest_gpu() -> N
 # TP refusals name config.json keys, with the value those keys give
 
 
-_QUOTED = re.compile(r"^(?P<keys>[a-z_][a-z_ x()+]*?) (?P<size>\d+) (?:/ TP|is not divisible)")
+_QUOTED = re.compile(
+    r"^(?P<keys>[a-z_][a-z_ x()+]*?) (?P<size>\d+) (?:/ TP|over TP|is not divisible)"
+)
 
 
 def _value_of(keys: str, raw: dict[str, Any]) -> int:
@@ -395,16 +397,18 @@ def _value_of(keys: str, raw: dict[str, Any]) -> int:
 @pytest.mark.parametrize(
     ("raw", "tp", "ep", "named"),
     [
-        # 6 heads x 64 / TP 2 = 192 rows per GPU: not a multiple of the 128 block
+        # 6 heads x 64 / TP 2 = 192 rows per GPU: not a multiple of the 128 block; nor are
+        # the K and V parts of the merged QKV weight, 2 KV heads x 64 / TP 2 = 64 rows
         pytest.param(
             _tiny_gqa("llama", hidden_size=384, num_attention_heads=6),
             2,
             False,
-            ["num_attention_heads x head_dim"],
+            ["num_attention_heads x head_dim", "num_key_value_heads x head_dim"],
             id="gqa-q-rows",
         ),
-        # blocks of 128 output rows x 64 input columns: q_proj's 192 rows per GPU do not
-        # fill whole blocks, o_proj's 192 input columns do; 64 x 128 the other way round
+        # blocks of 128 output rows x 64 input columns: q_proj's 192 rows and k/v's 64 per
+        # GPU do not fill whole blocks, o_proj's 192 input columns do; 64 x 128 the other
+        # way round (64-row blocks: q 192 and k/v 64 are whole, o's 192 columns are not)
         pytest.param(
             _tiny_gqa(
                 "llama",
@@ -414,8 +418,34 @@ def _value_of(keys: str, raw: dict[str, Any]) -> int:
             ),
             2,
             False,
-            ["num_attention_heads x head_dim"],
+            ["num_attention_heads x head_dim", "num_key_value_heads x head_dim"],
             id="gqa-q-rows-only",
+        ),
+        # vLLM's QKVParallelLinear checks every partition of the merged weight, K and V too:
+        # q 8 x 64 / TP 2 = 256 rows and o's 256 columns fit the 128 block, but the 2 KV
+        # heads x 64 / TP 2 = 64 rows per GPU do not
+        pytest.param(
+            _tiny_gqa("llama", hidden_size=512, num_attention_heads=8),
+            2,
+            False,
+            ["num_key_value_heads x head_dim"],
+            id="gqa-kv-rows",
+        ),
+        # KV heads replicated beyond TP: head_dim 192 (MiMo-V2-Flash's), 16 heads, 2 KV heads,
+        # TP 4: q 16 x 192 / 4 = 768 rows = 6 blocks, o 768 columns, MLP 1024 / 4 = 256 fit;
+        # each GPU holds one whole KV head, 192 rows = 1.5 blocks
+        pytest.param(
+            _tiny_gqa(
+                "llama",
+                hidden_size=1024,
+                num_attention_heads=16,
+                head_dim=192,
+                intermediate_size=1024,
+            ),
+            4,
+            False,
+            ["num_key_value_heads x head_dim"],
+            id="gqa-kv-replicated-head",
         ),
         pytest.param(
             _tiny_gqa(
@@ -487,8 +517,24 @@ def _value_of(keys: str, raw: dict[str, Any]) -> int:
             ],
             id="mla-ep-shared-expert",
         ),
-        # Without TP nothing is split: a ragged last block or group is fine (MLP 320)
-        pytest.param(_tiny_gqa("llama", intermediate_size=320), 1, False, [], id="fp8-tp1"),
+        # Without TP a single weight's ragged last block is fine (its scale covers the rest):
+        # MLA's kv_b_proj, 4 x (32 + 48) = 320 rows, and o_proj's 4 x 48 = 192 columns
+        pytest.param(
+            _tiny_mla(qk_nope_head_dim=32, v_head_dim=48), 1, False, [], id="fp8-tp1-single"
+        ),
+        # but the parts of a merged weight are not: gate_proj and up_proj are one weight in
+        # vLLM, and up's scales start at gate's 320 rows rounded up to 384 (MLP 320)
+        pytest.param(
+            _tiny_gqa("llama", intermediate_size=320), 1, False, ["intermediate_size"], id="fp8-tp1"
+        ),
+        # nor are q, k and v: one KV head of 64 rows leaves V's rows under K's scale
+        pytest.param(
+            _tiny_gqa("llama", num_key_value_heads=1),
+            1,
+            False,
+            ["num_key_value_heads x head_dim"],
+            id="fp8-tp1-kv",
+        ),
         pytest.param(
             _tiny_gqa("llama", intermediate_size=320, quantization_config=AWQ_128),
             1,
@@ -560,3 +606,40 @@ def test_tp_refusals_quote_config_keys_with_their_values(
             assert f"/ TP {tp} = {int(m['size']) // tp} " in problem, problem
         quoted.append(m["keys"])
     assert quoted == named
+
+
+def test_fp8_block_gqa_whose_kv_rows_per_gpu_are_not_whole_blocks_is_refused_that_tp() -> None:
+    """vLLM's QKVParallelLinear gives the FP8 block check one output partition per part of the
+    merged weight, [q, k, v] rows per GPU, and every one must be whole block_n rows, with or
+    without TP (fp8_utils.validate_fp8_block_shape). 8 heads x 64, 2 KV heads, 128 x 128 blocks:
+    at TP 2, q is 8 x 64 / 2 = 256 rows (2 blocks) but k and v are 2 x 64 / 2 = 64 rows each
+    (half a block), so vLLM refuses TP 2; at TP 1 all three are whole blocks."""
+    raw = _tiny_gqa("llama", hidden_size=512, num_attention_heads=8)
+    cfg = parse_model_config(raw)
+    assert tp_problems(cfg, 1) == []  # q 512, k and v 128 rows each: whole blocks
+    assert tp_problems(cfg, 2) == [
+        "num_key_value_heads x head_dim 128 / TP 2 = 64 is not a multiple of the FP8 block 128 "
+        "(quantization_config.weight_block_size)"
+    ]
+    with pytest.raises(PlanError) as err:
+        make_plan(cfg, gpu_memory_gib=80, gpus_per_node=2, tensor_parallel_size=2)
+    assert "(legal sizes dividing 2 GPUs per node: [1])" in str(err.value)
+    # Beyond the KV head count each GPU holds one whole KV head: head_dim 192 is 1.5 blocks
+    wide = parse_model_config(
+        _tiny_gqa(
+            "llama", hidden_size=1024, num_attention_heads=16, head_dim=192, intermediate_size=1024
+        )
+    )
+    assert tp_problems(wide, 4) == [
+        "num_key_value_heads x head_dim 384 over TP 4 (one replicated KV head per GPU) = 192 "
+        "is not a multiple of the FP8 block 128 (quantization_config.weight_block_size)"
+    ]
+    # A single KV head of 64 rows is half a block even without TP (V's scales would start
+    # at K's offset rounded up); blocks of 64 rows make 64 KV rows per GPU one whole block
+    one_kv = parse_model_config({**raw, "num_key_value_heads": 1})
+    assert tp_problems(one_kv, 1) == [
+        "num_key_value_heads x head_dim 64 / TP 1 = 64 is not a multiple of the FP8 block 128 "
+        "(quantization_config.weight_block_size)"
+    ]
+    narrow = {"quant_method": "fp8", "weight_block_size": [64, 128]}
+    assert tp_problems(parse_model_config({**raw, "quantization_config": narrow}), 2) == []

@@ -106,6 +106,28 @@ def run_program(config: dict[str, Any], secrets: dict[str, str]) -> RecordingMoc
     return mocks
 
 
+def test_the_image_id_is_the_configured_images_in_a_tarball_of_several(project: Path) -> None:
+    """A `docker save` of two images: the host steps load and check the ID of the image the
+    config names (second in manifest.json), not the first entry's."""
+    config = write_project(project, hosts=1)
+    other = "sha256:" + "cd" * 32
+    manifest = json.dumps(
+        [
+            {"Config": f"blobs/sha256/{other[7:]}", "RepoTags": ["other:2"]},
+            {"Config": f"blobs/sha256/{IMAGE_ID[7:]}", "RepoTags": ["eng:1"]},
+        ]
+    )
+    with tarfile.open(project / "image.tar", "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest.encode()))
+    mocks = run_program(config, {"apiKey": "sk-lab"})
+    load = mocks.named("n1-image-load").script
+    check = mocks.named("n1-image-check").inputs["checks"]["image"]
+    assert IMAGE_ID in load and IMAGE_ID in check
+    assert other not in load and other not in check
+
+
 def test_two_hosts_serve_through_vllms_own_launcher_by_default(project: Path) -> None:
     config = write_project(project, hosts=2)
     config["serving"].update({"tensor_parallel_size": 2, "pipeline_parallel_size": 2})

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+from dataclasses import replace
+
+import pytest
 
 from components.render.shell import (
     FanoutSpec,
@@ -67,3 +70,11 @@ def test_driver_ssh_arrays_pin_host_keys() -> None:
     assert words[-1] == "root@10.1.0.2"
     assert "StrictHostKeyChecking=yes" in words
     assert "UserKnownHostsFile=/op/kh" in words
+
+
+def test_a_grant_without_a_lifetime_is_refused() -> None:
+    """The granted key expires ttl_minutes after the grant (TTL_S seconds in the script); 0
+    would grant a key that expires as it is made: refused, naming the field."""
+    assert "TTL_S=60\n" in fanout_grant(replace(SPEC, ttl_minutes=1))
+    with pytest.raises(ValueError, match=r"^ttl_minutes must be >= 1$"):
+        fanout_grant(replace(SPEC, ttl_minutes=0))
