@@ -333,13 +333,14 @@ def test_killed_download_resumes_without_fetching_complete_files_again(
 ) -> None:
     needs_tools("python3", "ps")
     mib = 1024 * 1024
-    # big-a.bin at full speed, big-b.bin throttled to 1.5 MiB/s: when the step is killed,
-    # everything but big-b.bin is complete and big-b.bin is part-way.
+    # big-a.bin at full speed, big-b.bin throttled to 0.5 MiB/s (6 s, so that a loaded machine
+    # still catches it part-way): when the step is killed, everything but big-b.bin is
+    # complete and big-b.bin is part-way.
     big = {"big-a.bin": 3 * mib, "big-b.bin": 3 * mib}
     repo = make_repo(tiny_model, tmp_path, big)
     files = served_files(repo)
     total = sum(files.values())
-    h = hub(repo, throttle=(f"big-b.bin={3 * mib // 2}",))
+    h = hub(repo, throttle=(f"big-b.bin={mib // 2}",))
     path = tmp_path / "data" / "models" / "tiny"
     script = download_script(h, path, tmp_path)
 

@@ -93,9 +93,13 @@ class DependencyMonitor(pulumi.runtime.mocks.MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
-        if self.recording.resources and self.recording.resources[-1].name == request.name:
-            names = {u.rsplit("::", 1)[-1] for u in request.dependencies}
-            for deps in request.propertyDependencies.values():
-                names |= {u.rsplit("::", 1)[-1] for u in deps.urns}
-            self.recording.resources[-1].depends_on = sorted(names)
+        names = {u.rsplit("::", 1)[-1] for u in request.dependencies}
+        for deps in request.propertyDependencies.values():
+            names |= {u.rsplit("::", 1)[-1] for u in deps.urns}
+        # By name, not "the last one recorded": registrations run on several threads, and
+        # another resource may have been recorded in between (its deps were then lost).
+        for recorded in reversed(self.recording.resources):
+            if recorded.name == request.name:
+                recorded.depends_on = sorted(names)
+                break
         return response
