@@ -391,6 +391,45 @@ def test_killed_download_resumes_without_fetching_complete_files_again(
     assert_token_nowhere(TOKEN, second, h, path, tmp_path / "state", Path(hf_env["HOME"]))
 
 
+def test_a_hub_that_cannot_be_reached_after_a_partial_download_is_a_failure(
+    tiny_model: Path, tmp_path: Path, hub: HubFactory, hf_bin: Path, hf_env: dict[str, str]
+) -> None:
+    """huggingface_hub returns an existing, non-empty local dir with exit 0 when the hub
+    cannot be reached ("Returning existing local_dir ... as remote repo cannot be
+    accessed") unless its own cache (HF_HOME) still has the repo's file listing: it does not
+    in the engine image's throwaway container, nor after the cache was cleaned. After an
+    interrupted download that dir is partial: the step must not call it complete (seen in
+    the bare lab e2e: the weights were recorded complete without a file)."""
+    needs_tools("python3", "ps")
+    mib = 1024 * 1024
+    repo = make_repo(tiny_model, tmp_path, {"big-b.bin": 3 * mib})
+    h = hub(repo, throttle=(f"big-b.bin={mib // 2}",))
+    path = tmp_path / "data" / "models" / "tiny"
+    script = download_script(h, path, tmp_path, attempts=2)
+    first = start_script(script, TOKEN + "\n", hf_env, hf_bin, tmp_path, "first")
+    deadline = time.monotonic() + 60
+    while h.sent().get("big-b.bin", 0) < mib:
+        assert first.proc.poll() is None, f"the step ended before the kill:\n{first.text()[1]}"
+        assert time.monotonic() < deadline, f"no progress: {h.sent()}"
+        time.sleep(0.05)
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    h.proc.terminate()  # the hub goes away
+    h.proc.wait(timeout=10)
+    assert (path / "config.json").exists() and not (path / "big-b.bin").exists()
+    shutil.rmtree(hf_env["HF_HOME"])  # a client with no cache of its own, as in a container
+
+    second = start_script(script, TOKEN + "\n", hf_env, hf_bin, tmp_path, "second")
+    assert second.proc.wait(timeout=120) == 1
+    out, err = second.text()
+    assert out == ""
+    assert "as remote repo cannot be accessed" in err  # the client's own fallback, seen
+    assert "the client only handed back the files already in" in err
+    assert "download of lab/tiny-llama failed 2 times" in err
+    assert not (path / ".vllm-cluster-download.json").exists()  # not marked complete
+    assert not (path / ".vllm-cluster-manifest.json").exists()
+
+
 def test_dropped_connection_is_resumed_with_range_by_the_client(
     tiny_model: Path, tmp_path: Path, hub: HubFactory
 ) -> None:

@@ -104,6 +104,13 @@ n=1
 while :; do
   rc=0
   run_cli 2>&1 | tee "$CLI_LOG" >&2 || rc=${PIPESTATUS[0]}
+  # huggingface_hub, when it cannot reach the hub and the local dir is not empty, returns
+  # that dir with exit 0 ("Returning existing local_dir ... as remote repo cannot be
+  # accessed") without checking it is complete: after an interrupted download it is not.
+  if [ "$rc" = 0 ] && grep -q 'as remote repo cannot be accessed' "$CLI_LOG"; then
+    log "the hub could not be reached; the client only handed back the files already in $WPATH (they may be partial): not taken as a download"
+    rc=1
+  fi
   [ "$rc" != 0 ] || break
   if [ "$RUNNER" = image ] && [ "$rc" = 127 ]; then
     die "the engine image $ENGINE_IMAGE has no $SOURCE client. Fix: pip install -U $([ "$SOURCE" = huggingface ] && echo huggingface_hub || echo modelscope) on $HOST (the host's CLI is used first)"
