@@ -288,12 +288,8 @@ def wait_ssh(host: BareHost, settings: lc.Settings) -> tuple[str, float]:
     pinned.parent.mkdir(parents=True, exist_ok=True)
     last = ""
     while time.monotonic() < deadline:
-        out = lc.run(
-            ["docker", "exec", host.container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub"],
-            check=False,
-        )
-        if out.returncode == 0 and out.stdout.startswith("ssh-ed25519 "):
-            key = " ".join(out.stdout.split()[:2])
+        key = lc.host_key_of(host.container)
+        if key:
             pinned.write_text(f"{host.address} {key}\n")
             proc = lc.run(
                 [
