@@ -2,7 +2,7 @@
 # mmdebstrap customize hook for the BARE lab host image: $1 is the root filesystem being built.
 set -euo pipefail
 root="$1"
-img="${LAB_HOST_IMAGE_DIR:?}" bare="${LAB_BARE_DIR:?}"
+img="${LAB_HOST_IMAGE_DIR:?}" bare="${LAB_RECIPE_DIR:?}"
 
 # Simulated NVIDIA driver and container toolkit tools, as on the GPU lab host. A server with
 # the NVIDIA container toolkit installed before Docker has /etc/docker/daemon.json naming the
