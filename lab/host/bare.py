@@ -220,20 +220,11 @@ def ensure_hub(image: str) -> dict[str, Any]:
     ]
     token_hash = hashlib.sha256(HUB_TOKEN.read_bytes()).hexdigest()
     inputs = [
-        args,
         token_hash,
         lc.recipe_hash(hubd.parent),
         sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in model.iterdir()),
     ]
-    digest = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()[:16]
-    state = lc.container_state(HUB_CONTAINER)
-    if state is not None and (
-        state["Config"]["Labels"].get("vllm-lab.config") != digest or not state["State"]["Running"]
-    ):
-        lc.docker("rm", "-f", HUB_CONTAINER)
-        state = None
-    if state is None:
-        lc.docker("run", f"--label=vllm-lab.config={digest}", *args)
+    lc.ensure_container(HUB_CONTAINER, args, inputs)
     url = f"http://{HUB_ADDRESS}:{HUB_PORT}"
     deadline = time.monotonic() + 30
     while True:
@@ -313,26 +304,18 @@ def ensure_bare_host(
     host: BareHost, image: str, pubkey: str, settings: lc.Settings, spare_mb: int
 ) -> dict[str, Any]:
     spare = lc.ensure_spare_disk(host, spare_mb)
-    args = run_args(host, image, pubkey, spare, settings)
-    digest = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
-    state = lc.container_state(host.container)
-    if state is not None and state["Config"]["Labels"].get("vllm-lab.config") != digest:
-        lc.log("configuration or image changed: recreating (volume and disk kept)", host.name)
-        lc.run(["docker", "stop", "-t", "30", host.container], check=False, timeout=90)
-        lc.docker("rm", "-f", host.container)
-        state = None
-    if state is None:
-        lc.docker(
-            "volume",
-            "create",
-            f"--label={lc.LABEL}=1",
-            f"--label={BARE_LABEL}={host.index}",
-            host.volume,
-        )
-        lc.docker("run", f"--label=vllm-lab.config={digest}", *args)
-        lc.log(f"started {host.container} at {host.address} (systemd, no Docker)", host.name)
-    elif not state["State"]["Running"]:
-        lc.docker("start", host.container)
+    lc.docker(
+        "volume",
+        "create",
+        f"--label={lc.LABEL}=1",
+        f"--label={BARE_LABEL}={host.index}",
+        host.volume,
+    )
+    action = lc.ensure_container(host.container, run_args(host, image, pubkey, spare, settings))
+    if action == "recreated":
+        lc.log("configuration or image changed: recreated (volume and disk kept)", host.name)
+    if action != "running":
+        lc.log(f"{action} {host.container} at {host.address} (systemd, no Docker)", host.name)
     key, took = wait_ssh(host, settings)
     lc.log(f"ready in {took:.1f}s; spare disk {spare['device']} as {SPARE_LINK}", host.name)
     return {

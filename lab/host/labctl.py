@@ -531,15 +531,29 @@ def run_args(host: Host, config: dict[str, Any], spare: dict[str, Any] | None) -
     return [*args, config["image"]]
 
 
-def start_host(host: Host, args: list[str], digest: str) -> None:
-    docker(
-        "volume",
-        "create",
-        f"--label={LABEL}=1",
-        f"--label=vllm-lab.host={host.index}",
-        host.volume,
-    )
-    docker("run", f"--label=vllm-lab.config={digest}", *args)
+def ensure_container(name: str, run_args: list[str], inputs: object = None) -> str:
+    """Make container `name` run as `docker run <run_args>` says, declaratively.
+
+    The container carries a digest of its run arguments (and of `inputs`: anything else it
+    depends on, such as files it mounts) as a label: when the digest changed it is stopped
+    (30 s for a clean shutdown) and recreated; when it is only stopped it is started again;
+    when it runs as wanted it is left alone. Volumes named in `run_args` are the caller's and
+    are kept. Returns what was done: "started", "recreated", "restarted" or "running".
+    """
+    digest = hashlib.sha256(json.dumps([run_args, inputs]).encode()).hexdigest()[:16]
+    state = container_state(name)
+    action = "started"
+    if state is not None and state["Config"]["Labels"].get("vllm-lab.config") != digest:
+        run(["docker", "stop", "-t", "30", name], check=False, timeout=90)
+        docker("rm", "-f", name)
+        state, action = None, "recreated"
+    if state is None:
+        docker("run", f"--label=vllm-lab.config={digest}", *run_args)
+        return action
+    if not state["State"]["Running"]:
+        docker("start", name)
+        return "restarted"
+    return "running"
 
 
 def host_key_of(container: str) -> str | None:
@@ -611,20 +625,14 @@ def ensure_host(host: Host, image: str, settings: Settings, pubkey: str) -> Host
     t0 = time.monotonic()
     config = host_config(host, image, settings, pubkey)
     spare = ensure_spare_disk(host, settings.spare_disk_mb) if settings.spare_disk_mb else None
-    args = run_args(host, config, spare)
-    digest = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
-    state = container_state(host.container)
-    if state is not None and state["Config"]["Labels"].get("vllm-lab.config") != digest:
-        log("configuration or image changed: recreating (its Docker volume is kept)", host.name)
-        run(["docker", "stop", "-t", "30", host.container], check=False, timeout=90)
-        docker("rm", "-f", host.container)
-        state = None
-    if state is None:
-        start_host(host, args, digest)
-        log(f"started {host.container} at {host.address}", host.name)
-    elif not state["State"]["Running"]:
-        docker("start", host.container)
-        log(f"restarted stopped {host.container}", host.name)
+    docker(
+        "volume", "create", f"--label={LABEL}=1", f"--label=vllm-lab.host={host.index}", host.volume
+    )
+    action = ensure_container(host.container, run_args(host, config, spare))
+    if action == "recreated":
+        log("configuration or image changed: recreated (its Docker volume is kept)", host.name)
+    if action != "running":
+        log(f"{action} {host.container} at {host.address}", host.name)
     if not spare:
         release_spare_disk(host.disk_file)  # after the host stopped using it, if it did
     ready = wait_host(host, settings, t0)

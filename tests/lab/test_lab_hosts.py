@@ -126,7 +126,7 @@ def test_up_again_changes_nothing(lab: lu.Inventory) -> None:
     env = {k: str(v) for k, v in lab["settings"].items()}
     proc = lu.lab_cmd("up", str(len(lab["hosts"])), "--no-engine", env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "recreating" not in proc.stdout and "started" not in proc.stdout, proc.stdout
+    assert "recreated" not in proc.stdout and "started" not in proc.stdout, proc.stdout
     after = lu.read_inventory()
     assert after is not None
     assert [h["host_key"] for h in after["hosts"]] == [h["host_key"] for h in lab["hosts"]]
