@@ -354,8 +354,9 @@ def _data_mount(host: Host, path: str) -> str | None:
     st = host.storage
     if st is None:
         return None
-    mp = st.mount_point.rstrip("/") or "/"
-    return st.mount_point if path == mp or path.startswith(mp + "/") else None
+    # Both are validated normalised (no trailing or repeated '/', never '/' itself).
+    mp = st.mount_point
+    return mp if path == mp or path.startswith(mp + "/") else None
 
 
 def _weights_retention(

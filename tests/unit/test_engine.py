@@ -360,3 +360,135 @@ def test_head_script_watches_in_the_background_and_execs_rank_0() -> None:
     assert json.loads(argv[5]) == [["h2", "10.0.0.2"], ["h3", "10.0.0.3"]]
     last = script.rstrip("\n").rsplit("\n", 1)[1]
     assert shlex.split(last) == ["exec", *vllm_serve_argv(launch, mp_layout(), 0)]
+
+
+# ---------------------------------------------------------------------------------------
+# The Ray head and worker programs, run: a stand-in `ray` CLI records its calls, a fake
+# `ray` Python module answers the wait program, and a fake `vllm` package records how the
+# server was started. Only the Ray and vLLM processes are stand-ins; bash runs the script.
+
+
+def ray_stand_ins(tmp: Path, *, alive: tuple[str, ...], gpus: int) -> dict[str, str]:
+    bin_dir, py = tmp / "bin", tmp / "py"
+    (py / "vllm" / "entrypoints" / "openai").mkdir(parents=True)
+    bin_dir.mkdir()
+    ray_cli = bin_dir / "ray"
+    ray_cli.write_text(f'#!/bin/bash\nprintf "%s\\n" "$*" >>{shlex.quote(str(tmp / "ray.log"))}\n')
+    ray_cli.chmod(0o755)
+    # The wait program runs `python3`: the real interpreter, first on PATH.
+    (bin_dir / "python3").symlink_to(sys.executable)
+    (py / "ray.py").write_text(
+        "def init(**kw): pass\n"
+        f"def nodes(): return [{{'NodeManagerAddress': a, 'Alive': True}} for a in {alive!r}]\n"
+        f"def cluster_resources(): return {{'GPU': {float(gpus)}}}\n"
+    )
+    for pkg in ("vllm", "vllm/entrypoints", "vllm/entrypoints/openai"):
+        (py / pkg / "__init__.py").write_text("")
+    (py / "vllm" / "entrypoints" / "openai" / "api_server.py").write_text(
+        f"import json, sys\njson.dump(sys.argv[1:], open({str(tmp / 'vllm.json')!r}, 'w'))\n"
+    )
+    return {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PYTHONPATH": str(py),
+        "HOME": str(tmp / "home"),
+    }
+
+
+def test_head_script_starts_ray_waits_writes_the_carry_over_list_and_serves(
+    tmp_path: Path,
+) -> None:
+    layout = RayLayout(**{**LAYOUT.__dict__, "join_timeout_s": 5})
+    env = ray_stand_ins(tmp_path, alive=("192.168.0.2", "192.168.0.3"), gpus=16)
+    script = ray_head_script(HEAD, layout, LAUNCH)
+    fresh = not Path("/tmp/ray/session_latest").exists()
+    proc = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = (tmp_path / "ray.log").read_text().splitlines()
+    start = "start --head --port=6379 --node-ip-address=192.168.0.2 --num-gpus=8"
+    assert calls[-1] == start + " --disable-usage-stats"
+    if fresh:
+        assert calls == [calls[-1]], "a fresh head stopped a Ray session it does not have"
+    assert "ray cluster: 2/2 nodes, 16/16 GPUs" in proc.stdout
+    # vLLM copies the head's environment to the workers' Ray actors except these names.
+    carry = tmp_path / "home" / ".config" / "vllm" / "ray_non_carry_over_env_vars.json"
+    assert json.loads(carry.read_text()) == ["VLLM_API_KEY", "RAY_AUTH_TOKEN"]
+    assert json.loads((tmp_path / "vllm.json").read_text()) == vllm_server_argv(LAUNCH)[3:]
+
+
+def test_restarted_head_stops_the_previous_ray_session_first(tmp_path: Path) -> None:
+    env = ray_stand_ins(tmp_path, alive=("192.168.0.2", "192.168.0.3"), gpus=16)
+    marker = Path("/tmp/ray/session_latest")
+    created = not marker.exists()
+    if created:
+        marker.parent.mkdir(exist_ok=True)
+        marker.touch()
+    try:
+        proc = subprocess.run(
+            ["bash", "-c", ray_head_script(HEAD, LAYOUT, LAUNCH)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        if created:
+            marker.unlink()
+    assert proc.returncode == 0, proc.stderr
+    assert "ray head: restarted; stopping the Ray session of the previous run" in proc.stdout
+    calls = (tmp_path / "ray.log").read_text().splitlines()
+    assert calls[0] == "stop --force" and calls[1].startswith("start --head ")
+
+
+def test_head_script_never_serves_on_an_incomplete_cluster(tmp_path: Path) -> None:
+    layout = RayLayout(**{**LAYOUT.__dict__, "join_timeout_s": 0})
+    env = ray_stand_ins(tmp_path, alive=("192.168.0.2",), gpus=8)
+    proc = subprocess.run(
+        ["bash", "-c", ray_head_script(HEAD, layout, LAUNCH)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "missing h20-2 (192.168.0.3)" in proc.stderr
+    assert not (tmp_path / "vllm.json").exists(), "vLLM started on a partial cluster"
+
+
+def test_worker_script_joins_once_the_head_port_answers(tmp_path: Path) -> None:
+    env = ray_stand_ins(tmp_path, alive=(), gpus=0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        layout = RayLayout("127.0.0.1", port, 8, {}, join_timeout_s=10)
+        proc = subprocess.run(
+            ["bash", "-c", ray_worker_script(WORKER, layout)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "ray.log").read_text().splitlines() == [
+        f"start --block --address=127.0.0.1:{port} --node-ip-address=192.168.0.3 "
+        "--num-gpus=8 --disable-usage-stats"
+    ]
+
+
+def test_node_environment_uses_the_names_ray_and_the_hub_clients_read() -> None:
+    """Exact names: Ray reads RAY_<config name> case-sensitively (memory_monitor_refresh_ms
+    is lower case in Ray's config), the others are upper case."""
+    env = node_environment(HEAD, ray=True)
+    assert env == {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_HOST_IP": "192.168.0.2",
+        "NCCL_SOCKET_IFNAME": "eth0",
+        "GLOO_SOCKET_IFNAME": "eth0",
+        "RAY_NODE_IP_ADDRESS": "192.168.0.2",
+        "RAY_memory_monitor_refresh_ms": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+    }

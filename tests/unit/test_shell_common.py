@@ -190,3 +190,76 @@ def test_shellcheck_warnings(name: str, tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout
+
+
+IMAGE_ID = "sha256:" + "ab" * 32
+FANOUT = shell.FanoutSpec(
+    source_host="n1",
+    target_host="n2",
+    source_address="10.0.0.1",
+    path="/data01/models/tiny",
+    marker="n1-to-n2",
+    from_address="10.0.0.2",
+)
+SRC = shell.SshEndpoint("10.0.0.1")
+DST = shell.SshEndpoint("10.0.0.2")
+STEP_SCRIPTS: list[tuple[str, str, Callable[[], str]]] = [
+    ("n1", "docker", lambda: shell.docker_install(shell.DockerSpec(host="n1", install=True))),
+    (
+        "n1",
+        "docker",
+        lambda: shell.docker_debs_install(
+            shell.DebsSpec(host="n1", debs=(shell.DebFile("a.deb", "0" * 64),))
+        ),
+    ),
+    ("n2", "fanout", lambda: shell.fanout_keygen(FANOUT)),
+    ("n1", "fanout", lambda: shell.fanout_grant(FANOUT)),
+    ("n1", "fanout", lambda: shell.fanout_revoke(FANOUT)),
+    ("n2", "fanout", lambda: shell.fanout_pull(FANOUT)),
+    ("n2", "fanout", lambda: shell.fanout_cleanup(FANOUT)),
+    ("n1", "image", lambda: shell.image_check("n1", "eng:1", IMAGE_ID)),
+    ("n1", "image", lambda: shell.image_present("n1", "eng:1", IMAGE_ID)),
+    ("n1", "image", lambda: shell.image_has_ray("n1", "eng:1")),
+    (
+        "n1",
+        "image",
+        lambda: shell.image_load(shell.ImageLoadSpec("n1", "eng:1", "/data01/eng.tar")),
+    ),
+    ("n1", "image", lambda: shell.image_pull("n1", "eng:1")),
+    ("n1", "image", lambda: shell.image_delete("n1", "eng:1")),
+    ("n1", "preflight", lambda: shell.preflight(shell.PreflightSpec("n1", "/data01/m/x"))),
+    (
+        "n1",
+        "storage",
+        lambda: shell.storage(shell.StorageSpec("n1", "/dev/disk/by-id/nvme-a", "/data01", "xfs")),
+    ),
+    ("n1", "storage", lambda: shell.storage_delete("n1", "/dev/disk/by-id/nvme-a", "/data01")),
+    ("n1", "weights", lambda: shell.weights_verify("n1", "/data01/m/x")),
+    (
+        "n1",
+        "weights",
+        lambda: shell.weights_download(
+            shell.DownloadSpec("n1", "huggingface", "org/m", "/data01/m/x", owner="p/s")
+        ),
+    ),
+    ("n1", "weights", lambda: shell.weights_ensure_dir("n1", "/data01/m/x", "p/s")),
+    ("n1", "weights", lambda: shell.weights_claim_end("n1", "/data01/m/x", "p/s")),
+    ("n1", "weights", lambda: shell.weights_delete("n1", "/data01/m/x", "p/s")),
+    ("n1", "weights", lambda: shell.weights_keep("n1", "/data01/m/x")),
+]
+
+
+@pytest.mark.parametrize(("host", "step", "make"), STEP_SCRIPTS)
+def test_every_step_labels_its_messages_with_host_and_step(
+    host: str, step: str, make: Callable[[], str]
+) -> None:
+    """What the operator reads in `pulumi up`: `[n1] image: ...` / `[n1] image: error: ...`.
+    The script's own log and die functions are run (the lines before its body)."""
+    script = make()
+    head = script[: script.index("\ndie() ") + 1]
+    head += script[len(head) :].split("\n", 1)[0] + "\n"
+    proc = subprocess.run(
+        ["bash", "-c", head + "log probe; die broken"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == f"[{host}] {step}: probe\n[{host}] {step}: error: broken\n"
