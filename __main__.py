@@ -242,7 +242,10 @@ def main() -> None:
         )
     except HostKeysNotPinned as exc:
         raise pulumi.RunError(str(exc)) from None
-    dep = render_deployment(settings, plan, files, PROJECT_DIR, deployment_owner())
+    try:
+        dep = render_deployment(settings, plan, files, PROJECT_DIR, deployment_owner())
+    except ValueError as exc:  # a file on this machine the config names (tarball, .debs)
+        raise pulumi.RunError(str(exc)) from None
     advice = parallelism_advice(len(dep.hosts), pulumi.runtime.settings.SETTINGS.parallel)
     if advice:
         pulumi.log.warn(advice)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -384,7 +385,13 @@ def render_deployment(
     backend = settings.serving.distributed_backend if multi else None
     image = settings.image
     tarball = str((base_dir / image.tarball).resolve()) if image.tarball else None
-    image_id = tarball_image_id(tarball, image.name) if tarball else None
+    try:
+        image_id = tarball_image_id(tarball, image.name) if tarball else None
+    except (ValueError, KeyError, OSError, tarfile.TarError) as exc:
+        raise ValueError(
+            f"image.tarball: {exc}. Fix: save the image the config names into it "
+            f"(`docker save -o <file> {image.name}`) or set image.name to a tag it holds"
+        ) from None
     s = settings.serving
     rendered: list[HostDeployment] = []
     for index, host in enumerate(serving_hosts):

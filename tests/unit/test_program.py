@@ -293,6 +293,28 @@ def test_plan_that_cannot_fit_fails_with_the_reason(project: Path) -> None:
     assert "cannot fit" in str(info.value)
 
 
+@pytest.mark.parametrize("tags", [["other:2"], None])
+def test_a_tarball_without_the_configured_tag_is_refused_before_any_resource(
+    project: Path, tags: list[str] | None
+) -> None:
+    """`docker load` restores the tarball's tags: without image.name among them the engine
+    could not start, after streaming the whole tarball. Refused at preview instead."""
+    config = write_project(project, hosts=1)
+    manifest = json.dumps([{"Config": f"blobs/sha256/{IMAGE_ID[7:]}", "RepoTags": tags}])
+    with tarfile.open(project / "image.tar", "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest.encode()))
+    with pytest.raises(Exception) as info_:
+        run_program(config, {"apiKey": "sk-lab"})
+    message = str(info_.value)
+    assert message.startswith("image.tarball: "), message
+    assert f"no image tagged eng:1 among its 1 image(s) (tags: {tags[0] if tags else 'none'})" in (
+        message
+    )
+    assert "docker save -o <file> eng:1" in message
+
+
 def test_unpinned_host_is_refused(project: Path) -> None:
     config = write_project(project, hosts=2)
     (project / "known_hosts").write_text(f"10.9.0.1 {HOST_KEY}\n")

@@ -40,11 +40,16 @@ def tarball_image_id(path: str | Path, image: str | None = None) -> str:
         raise ValueError(f"{path}: manifest.json lists no image")
     entry = manifest[0]
     if image is not None:
+        # `docker load` restores the tags the tarball records, and the engine runs `image`:
+        # a tarball without that tag would be streamed (GBs) and then fail the image check.
         tagged = [e for e in manifest if image in (e.get("RepoTags") or [])]
-        if tagged:
-            entry = tagged[0]
-        elif len(manifest) > 1:
-            raise ValueError(f"{path}: no image tagged {image} among {len(manifest)} images")
+        if not tagged:
+            tags = [t for e in manifest for t in (e.get("RepoTags") or [])]
+            raise ValueError(
+                f"{path}: no image tagged {image} among its {len(manifest)} image(s) "
+                f"(tags: {', '.join(tags) or 'none'})"
+            )
+        entry = tagged[0]
     found = _HEX64.findall(str(entry.get("Config", "")))
     if not found:
         raise ValueError(f"{path}: manifest entry has no sha256 Config: {entry.get('Config')!r}")
