@@ -39,7 +39,10 @@ class SshTarget:
     def endpoint(self) -> SshEndpoint:
         jump = None
         if self.bastion:
-            jump = f"{self.bastion.user}@{self.bastion.address}:{self.bastion.port}"
+            b = self.bastion
+            # An IPv6 address in brackets: `user@fd00::1:22` would read as another address.
+            host = f"[{b.address}]" if ":" in b.address else b.address
+            jump = f"{b.user}@{host}:{b.port}"
         return SshEndpoint(
             address=self.address,
             user=self.user,

@@ -18,6 +18,7 @@ from components.render.shell import (
     write_manifest,
 )
 from components.render.shell.weights import SSH_CIPHERS, _rsync_e_word
+from components.render.ssh import Bastion, SshTarget
 
 
 def make_model(root: Path) -> Path:
@@ -107,6 +108,46 @@ def test_verify_without_config_or_weights(tmp_path: Path) -> None:
     assert any("no weight files" in p for p in problems)
     _, problems = verify_dir(str(tmp_path / "absent"))
     assert problems == [f"directory {tmp_path / 'absent'} does not exist"]
+
+
+@pytest.mark.parametrize(
+    ("jump", "port", "dest"),
+    [
+        ("j@1.2.3.4:2200", "2200", "j@1.2.3.4"),
+        ("j@bastion.example", "22", "j@bastion.example"),
+        ("bastion.example", "22", "root@bastion.example"),
+        ("j@[fd00::1]:2200", "2200", "j@fd00::1"),
+        ("j@[fd00::1]", "22", "j@fd00::1"),
+        ("j@fd00::1", "22", "j@fd00::1"),
+    ],
+)
+def test_the_bastion_hop_connects_to_the_bastions_address_and_port(
+    jump: str, port: str, dest: str
+) -> None:
+    ep = SshEndpoint("10.0.0.2", known_hosts_file="/k/kh", proxy_jump=jump)
+    proxy = ssh_options(ep)[-1].removeprefix("ProxyCommand=")
+    words = shlex.split(proxy)
+    assert words[words.index("-p") + 1] == port
+    assert words[-1] == dest and words[-2] == "[%h]:%p"
+
+
+def test_an_ipv6_bastion_is_written_so_its_port_is_not_read_as_part_of_the_address() -> None:
+    target = SshTarget(
+        "10.0.0.2", "root", 22, "/k/id", "/k/kh", bastion=Bastion("fd00::1", "jump", 2200)
+    )
+    proxy = ssh_options(target.endpoint())[-1].removeprefix("ProxyCommand=")
+    words = shlex.split(proxy)
+    assert words[words.index("-p") + 1] == "2200" and words[-1] == "jump@fd00::1"
+
+
+def test_literal_percent_signs_reach_ssh_as_percent_signs() -> None:
+    """ssh expands %-tokens in a ProxyCommand: a literal % (here in a key file name) is
+    doubled so that ssh hands back the name as written."""
+    ep = SshEndpoint("10.0.0.2", key_file="/k/id%1", known_hosts_file="/k/kh%2", proxy_jump="j@b")
+    proxy = ssh_options(ep)[-1].removeprefix("ProxyCommand=")
+    assert "-i /k/id%%1" in proxy and "UserKnownHostsFile=/k/kh%%2" in proxy
+    # Every other % is one of ssh's own tokens (the hop's %h and %p).
+    assert "%" not in proxy.replace("%%", "").replace("%h", "").replace("%p", "")
 
 
 def test_ssh_options_pin_and_batch() -> None:

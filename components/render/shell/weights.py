@@ -347,7 +347,13 @@ def _bastion_proxy_command(ep: SshEndpoint) -> str:
     and every literal ``%`` doubled."""
     assert ep.proxy_jump and ep.known_hosts_file
     user, _, hostport = ep.proxy_jump.rpartition("@")
-    host, _, port = hostport.rpartition(":") if hostport.count(":") == 1 else (hostport, "", "")
+    if hostport.startswith("["):  # [IPv6]:port or [IPv6]
+        host, _, rest = hostport[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif hostport.count(":") == 1:  # host:port
+        host, _, port = hostport.partition(":")
+    else:  # host, or a bare IPv6 address (no port can follow it unbracketed)
+        host, port = hostport, ""
     words = ["ssh"]
     if ep.key_file:
         words += ["-i", ep.key_file, "-o", "IdentitiesOnly=yes"]
