@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -67,6 +68,7 @@ def ok_routes() -> dict[str, Route]:
 @dataclass
 class FakeServer:
     routes: dict[str, Route]
+    address: str = "127.0.0.1"
     port: int = 0
     started: float = field(default_factory=time.monotonic)
     # (path, Authorization header, request body) of every request, in order.
@@ -76,9 +78,14 @@ class FakeServer:
         return sum(1 for p, _, _ in self.requests if p == path)
 
 
-@pytest.fixture
-def server() -> Iterator[FakeServer]:
-    fake = FakeServer(ok_routes())
+class _Http6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+@pytest.fixture(params=["127.0.0.1"])
+def server(request: pytest.FixtureRequest) -> Iterator[FakeServer]:
+    """The fake vLLM server on `request.param` (parametrize indirectly for ::1)."""
+    fake = FakeServer(ok_routes(), address=request.param)
 
     class Handler(BaseHTTPRequestHandler):
         def answer(self) -> None:
@@ -103,7 +110,8 @@ def server() -> Iterator[FakeServer]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server_class = _Http6Server if ":" in fake.address else ThreadingHTTPServer
+    httpd = server_class((fake.address, 0), Handler)
     httpd.daemon_threads = True
     fake.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -136,7 +144,7 @@ def run_gate(
         timeout_s=timeout_s,
         progress_every_s=1,
         poll_s=0.2,
-        address="127.0.0.1",
+        address=server.address,
     )
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_STATE": state}
     server.started = time.monotonic()
@@ -165,6 +173,14 @@ def test_the_happy_path_passes_and_prints_the_completion(
     assert [auth for _, auth, _ in server.requests[1:]] == [f"Bearer {KEY}"] * 2
     assert json.loads(server.requests[2][2])["model"] == MODEL
     assert "readiness: endpoint answers after" in run.proc.stderr
+
+
+@pytest.mark.parametrize("server", ["::1"], indirect=True)
+def test_the_gate_reaches_an_ipv6_engine_address(tmp_path: Path, server: FakeServer) -> None:
+    """An IPv6 host address goes into the URL in brackets (http://[::1]:port/...)."""
+    run = run_gate(tmp_path, server)
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert [p for p, _, _ in server.requests] == ["/health", "/v1/models", "/v1/chat/completions"]
 
 
 def test_a_slow_start_is_waited_out(tmp_path: Path, server: FakeServer) -> None:
