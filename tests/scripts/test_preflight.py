@@ -180,6 +180,32 @@ def test_missing_nvidia_smi_and_gpu_support(fake_bin: Path, tmp_path: Path) -> N
     assert "Docker cannot start GPU containers" in proc.stderr
 
 
+@pytest.mark.parametrize("docker_optional", [True, False])
+def test_a_host_without_docker_passes_only_when_the_docker_step_installs_it(
+    gpu_bin: Path, tmp_path: Path, docker_optional: bool
+) -> None:
+    """A freshly racked server (docker.install: true) has no Docker yet: a warning then,
+    a problem otherwise. No address configured: only the NIC is checked."""
+    # /usr/bin without the docker client (links to everything else).
+    sysbin = tmp_path / "usr-bin-without-docker"
+    sysbin.mkdir()
+    for tool in Path("/usr/bin").iterdir():
+        if tool.name != "docker":
+            (sysbin / tool.name).symlink_to(tool)
+    no_docker = f"{gpu_bin}:{sysbin}"
+    assert shutil.which("docker", path=no_docker) is None, "docker is on the stripped PATH"
+    s = spec(tmp_path, docker_optional=docker_optional, address=None)
+    proc = run_script(preflight(s), env={"PATH": no_docker})
+    if docker_optional:
+        assert proc.returncode == 0, proc.stderr
+        assert "docker not installed; the docker step installs it (docker.install)" in (proc.stderr)
+        assert json.loads(proc.stdout)["docker_version"] == ""
+    else:
+        assert proc.returncode == 1
+        assert "docker not found" in proc.stderr
+        assert "set docker.install: true with docker.deb_dir" in proc.stderr
+
+
 def test_address_on_another_nic(gpu_bin: Path, tmp_path: Path) -> None:
     nic, ip = host_nic()
     proc = run_script(preflight(spec(tmp_path, nic="lo", address=ip)), path_prefix=gpu_bin)

@@ -492,3 +492,53 @@ def test_node_environment_uses_the_names_ray_and_the_hub_clients_read() -> None:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "token",
     }
+
+
+def test_the_engine_flags_are_vllms_spelling_of_every_setting() -> None:
+    """vLLM's CLI as its parser spells it (checked against vLLM's own parser in
+    tests/lab/test_vllm_real_parser.py); here the whole argv, so a flag cannot drift."""
+    launch = EngineLaunch(
+        model_path="/data01/m",
+        served_model_name="m",
+        tensor_parallel_size=4,
+        pipeline_parallel_size=2,
+        max_model_len=4096,
+        max_num_seqs=32,
+        gpu_memory_utilization=1.0,
+        kv_cache_dtype="fp8",
+        port=8123,
+        expert_parallel=True,
+        extra_args=("--enforce-eager",),
+    )
+    assert vllm_server_argv(launch)[3:] == [
+        "--model",
+        "/data01/m",
+        "--served-model-name",
+        "m",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8123",
+        "--tensor-parallel-size",
+        "4",
+        "--pipeline-parallel-size",
+        "2",
+        "--max-model-len",
+        "4096",
+        "--max-num-seqs",
+        "32",
+        "--gpu-memory-utilization",
+        "1",
+        "--kv-cache-dtype",
+        "fp8",
+        "--enable-expert-parallel",
+        "--enforce-eager",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "flag_value"), [(1.0, "1"), (0.9, "0.9"), (0.85, "0.85"), (0.12345, "0.1235")]
+)
+def test_memory_fractions_are_written_short_and_exact(value: float, flag_value: str) -> None:
+    launch = EngineLaunch("/m", "m", 1, 1, 256, 4, value)
+    assert flag(vllm_server_argv(launch), "--gpu-memory-utilization") == flag_value

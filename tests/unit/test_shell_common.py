@@ -263,3 +263,93 @@ def test_every_step_labels_its_messages_with_host_and_step(
     )
     assert proc.returncode == 1
     assert proc.stderr == f"[{host}] {step}: probe\n[{host}] {step}: error: broken\n"
+
+
+@pytest.mark.parametrize(
+    ("device", "key"),
+    [
+        ("/dev/disk/by-id/nvme-Samsung_SSD_990_S7:1", "disk_by-id_nvme-Samsung_SSD_990_S7_1"),
+        ("/dev/mapper/vg0-data", "mapper_vg0-data"),
+        ("/dev/loop7p1", "loop7p1"),
+    ],
+)
+def test_the_storage_record_of_a_device_keeps_its_name(device: str, key: str) -> None:
+    """The record `storage` writes after formatting a disk is named by this key: a prepared
+    host is recognised by it on every later `up` (and after an upgrade of this program)."""
+    from components.render.shell.storage import _record_key
+
+    assert _record_key(device) == key
+
+
+@pytest.mark.parametrize(
+    ("device", "leaf"),
+    [("/dev/sdb", "sdb"), ("/dev/nvme0n1p1", "nvme0n1p1"), ("/dev/disk/by-id/", "")],
+)
+def test_a_kernel_device_name_is_refused_with_how_to_find_the_stable_one(
+    device: str, leaf: str
+) -> None:
+    from components.render.shell.storage import stable_device_problem
+
+    assert stable_device_problem(device) == (
+        f"{device} is a kernel name, which can name another disk after a reboot (/dev/sdb "
+        "may come back as /dev/sdc); give the disk's stable name: its link under "
+        f"/dev/disk/by-id/ (`ls -l /dev/disk/by-id/` on the host shows which one points at "
+        f"{leaf}), or /dev/disk/by-uuid/, by-partuuid/, by-path/, /dev/mapper/<name>"
+    )
+    assert stable_device_problem(f"/dev/disk/by-id/nvme-{leaf or 'x'}") is None
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: shell.storage(shell.StorageSpec("n1", "/dev/x", "/data01", "xfs")),
+            "storage.device",
+        ),
+        (
+            lambda: shell.storage(shell.StorageSpec("n1", "/dev/disk/by-id/a", "data01", "xfs")),
+            "storage.mount_point",
+        ),
+        (
+            lambda: shell.storage(
+                shell.StorageSpec("n1", "/dev/disk/by-id/a", "/data01", "xfs", fstab_path="x")
+            ),
+            "fstab_path",
+        ),
+        (
+            lambda: shell.storage(
+                shell.StorageSpec("n1", "/dev/disk/by-id/a", "/data01", "xfs", state_dir="x")
+            ),
+            "state_dir",
+        ),
+        (lambda: shell.preflight(shell.PreflightSpec("n1", "models")), "model.path"),
+        (
+            lambda: shell.preflight(
+                shell.PreflightSpec("n1", "/data01/m/x", storage_mount_point="data01")
+            ),
+            "storage.mount_point",
+        ),
+        (
+            lambda: shell.image_load(shell.ImageLoadSpec("n1", "eng:1", "eng.tar")),
+            "image tarball",
+        ),
+        (
+            lambda: shell.docker_install(shell.DockerSpec("n1", daemon_json="daemon.json")),
+            "daemon_json",
+        ),
+        (
+            lambda: shell.docker_debs_install(
+                shell.DebsSpec("n1", (shell.DebFile("a.deb", "0" * 64),), parent="/var")
+            ),
+            "deb parent directory",
+        ),
+    ],
+)
+def test_renderer_guards_name_what_they_refuse(make: Callable[[], str], message: str) -> None:
+    """The renderers check their inputs again (the settings validated them first): a
+    programming error is reported by the name of what was wrong."""
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value).startswith(f"{message} ") or str(info.value).startswith(f"{message}:"), (
+        str(info.value)
+    )

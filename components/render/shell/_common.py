@@ -9,7 +9,6 @@ Values from configuration are only ever placed in a script through :func:`q`
 from __future__ import annotations
 
 import functools
-import json
 import re
 import shlex
 from collections.abc import Iterable
@@ -93,10 +92,6 @@ def remote_command(script: str, *, sudo: bool = False) -> str:
     """
     cmd = "bash -c " + q(script)
     return ("sudo -n " + cmd) if sudo else cmd
-
-
-def json_line(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
