@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -306,3 +307,41 @@ def test_driver_fails_when_revoke_fails(sshd: Sshd, tmp_path: Path) -> None:
     assert "could not revoke the temporary key on src" in proc.stderr
     assert "vllm-cluster-fanout:test-dst" in proc.stderr
     assert os.path.exists(sshd.authorized_keys)
+
+
+def test_driver_refuses_a_source_without_its_manifest(sshd: Sshd, tmp_path: Path) -> None:
+    """Without the manifest nothing proves the source complete (a half-finished copy looks
+    like a model): the driver copies nothing."""
+    src = make_source(tmp_path)
+    (src / MANIFEST).unlink()
+    before = sshd.authorized_keys.read_text()
+    script = fanout_driver(
+        spec_for(sshd, src, tmp_path / "dst" / "model"), sshd.endpoint, sshd.endpoint
+    )
+    proc = run_script(script, timeout=60)
+    assert proc.returncode == 1
+    assert "the weights on src are not complete" in proc.stderr
+    assert not (tmp_path / "dst").exists()
+    assert sshd.authorized_keys.read_text() == before
+
+
+def test_driver_with_sha256_checks_content_not_only_sizes(sshd: Sshd, tmp_path: Path) -> None:
+    """model.verify: sha256 reaches both checks: a source file changed in place (same size)
+    is refused, and an intact copy is verified by content on the target."""
+    src = tmp_path / "src" / "model"
+    src.mkdir(parents=True)
+    (src / "config.json").write_text('{"model_type": "llama"}')
+    (src / "model.safetensors").write_bytes(b"\x01" * 300_000)
+    write_manifest(str(src), sha256=True)
+    spec = replace(spec_for(sshd, src, tmp_path / "dst" / "model"), verify="sha256")
+    script = fanout_driver(spec, sshd.endpoint, sshd.endpoint)
+    proc = run_script(script, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["checked"] == "sha256"
+
+    (src / "model.safetensors").write_bytes(b"\x02" * 300_000)  # same size, other bytes
+    spec2 = replace(spec, target_path=str(tmp_path / "dst2" / "model"), marker="test-dst2")
+    proc = run_script(fanout_driver(spec2, sshd.endpoint, sshd.endpoint), timeout=60)
+    assert proc.returncode == 1
+    assert "the weights on src are not complete" in proc.stderr
+    assert not (tmp_path / "dst2").exists()

@@ -10,11 +10,13 @@ import pytest
 
 from components.render.shell import (
     MANIFEST,
+    DownloadSpec,
     SshEndpoint,
     build_manifest,
     rsync_argv,
     ssh_options,
     verify_dir,
+    weights_download,
     write_manifest,
 )
 from components.render.shell.weights import SSH_CIPHERS, _rsync_e_word
@@ -213,3 +215,72 @@ def test_rsync_e_word_quoting() -> None:
     assert _rsync_e_word("it's") == '"it\'s"'
     with pytest.raises(ValueError):
         _rsync_e_word("'\"")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        (SshEndpoint("-oProxyCommand=x", known_hosts_file="/k"), "ssh address is not a plain"),
+        (SshEndpoint("-x", known_hosts_file="/k"), "ssh address is not a plain word: '-x'"),
+        (SshEndpoint("h", "-l", known_hosts_file="/k"), "ssh user is not a plain word: '-l'"),
+        (SshEndpoint("h", "a b", known_hosts_file="/k"), "ssh user is not a plain word"),
+        (SshEndpoint("h", port=0, known_hosts_file="/k"), "ssh port out of range: 0"),
+        (SshEndpoint("h", port=65536, known_hosts_file="/k"), "ssh port out of range: 65536"),
+        (
+            SshEndpoint("h", known_hosts_file="/k", proxy_jump="-oX=y"),
+            "ssh bastion is not a plain word: '-oX=y'",
+        ),
+        (
+            SshEndpoint("h", known_hosts_file="/k", proxy_jump="-x@b"),
+            "ssh bastion is not a plain word: '-x@b'",
+        ),
+    ],
+)
+def test_ssh_words_that_could_be_read_as_options_are_refused(
+    endpoint: SshEndpoint, message: str
+) -> None:
+    """Every word reaches ssh's command line: one starting with '-' would be an option."""
+    with pytest.raises(ValueError) as info:
+        ssh_options(endpoint)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize("port", [1, 65535])
+def test_ssh_ports_at_the_edges_are_accepted(port: int) -> None:
+    assert ssh_options(SshEndpoint("h", port=port, known_hosts_file="/k"))[:2] == ["-p", str(port)]
+
+
+def _dl(**kw: object) -> DownloadSpec:
+    args: dict[str, object] = {
+        "host": "n1",
+        "source": "huggingface",
+        "model_id": "org/m",
+        "path": "/data01/m/x",
+        "owner": "p/s",
+    }
+    args.update(kw)
+    return DownloadSpec(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"endpoint": "http://h x"}, "model.hub_endpoint must be one word: 'http://h x'"),
+        ({"endpoint": ""}, "model.hub_endpoint must be one word: ''"),
+        ({"token": "env"}, "token must be none, stdin or file: 'env'"),
+        ({"token": "file"}, "token='file' needs token_file"),
+        ({"token": "file", "token_file": "rel/tok"}, "token_file"),
+        ({"attempts": 0}, "attempts must be >= 1 and retry_delay_s >= 0"),
+        ({"retry_delay_s": -1}, "attempts must be >= 1 and retry_delay_s >= 0"),
+        ({"engine_image": "eng 1"}, "engine image must be one word: 'eng 1'"),
+        ({"engine_image": ""}, "engine image must be one word: ''"),
+    ],
+)
+def test_download_inputs_are_refused_by_name(kw: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        weights_download(_dl(**kw))
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_download_edges_are_accepted() -> None:
+    assert weights_download(_dl(attempts=1, retry_delay_s=0, engine_image="eng:1"))
