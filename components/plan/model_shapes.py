@@ -397,7 +397,7 @@ def _kv_block_problem(name: str, t: Tensor, tp: int, quant: Quantization) -> str
 
 
 def _shard_problem(
-    name: str, size: int, tp: int, shard: Shard, quant: Quantization, merged: bool = False
+    name: str, size: int, tp: int, shard: Shard, quant: Quantization, merged: bool
 ) -> str:
     if size % tp:
         return f"{name} {size} is not divisible by TP {tp}"

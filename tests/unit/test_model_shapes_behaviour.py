@@ -643,3 +643,21 @@ def test_fp8_block_gqa_whose_kv_rows_per_gpu_are_not_whole_blocks_is_refused_tha
     ]
     narrow = {"quant_method": "fp8", "weight_block_size": [64, 128]}
     assert tp_problems(parse_model_config({**raw, "quantization_config": narrow}), 2) == []
+
+
+def test_without_tp_only_merged_projections_must_be_whole_fp8_blocks() -> None:
+    """At TP 1 an unmerged linear (o_proj, down_proj) may end in a ragged block (its last
+    scale covers the rest), but each part of a merged one (gate_proj + up_proj) must be whole
+    blocks. Blocks of 64 output x 128 input: gate/up have 320 output rows (5 blocks of 64),
+    down_proj has 320 input columns (2.5 blocks of 128) and is not merged: vLLM loads it."""
+    quant = {"quant_method": "fp8", "weight_block_size": [64, 128]}
+    cfg = parse_model_config(_tiny_gqa("llama", intermediate_size=320, quantization_config=quant))
+    assert tp_problems(cfg, 1) == []
+    # 288 rows are 4.5 blocks of 64: the merged gate/up part is refused even without TP.
+    ragged = parse_model_config(
+        _tiny_gqa("llama", intermediate_size=288, quantization_config=quant)
+    )
+    assert tp_problems(ragged, 1) == [
+        "intermediate_size 288 / TP 1 = 288 is not a multiple of the FP8 block 64 "
+        "(quantization_config.weight_block_size)"
+    ]
