@@ -36,7 +36,9 @@ def container(lab: lu.Inventory) -> Iterator[tuple[str, list[str]]]:
         "inspect", "-f", "{{.Config.Image}}", lab["hosts"][0]["container"]
     ).strip()
     name = f"labtest-ensure-container-{uuid.uuid4().hex[:8]}"
-    args = ["--detach", f"--name={name}", "--entrypoint=sleep", image, "infinity"]
+    # --init: sleep as PID 1 would ignore SIGTERM, and every recreate would wait out the
+    # 30 s stop timeout.
+    args = ["--detach", "--init", f"--name={name}", "--entrypoint=sleep", image, "infinity"]
     yield name, args
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
 
