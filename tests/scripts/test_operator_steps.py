@@ -207,3 +207,19 @@ def test_deb_copy_fails_when_a_deb_file_cannot_be_read(tmp_path: Path, fake_bin:
     _fake_ssh(fake_bin, log, dockerd=False)
     proc = run_script(script, path_prefix=fake_bin)
     assert proc.returncode != 0, "a partial .deb copy was reported as success"
+
+
+def test_a_failed_copy_fails_the_local_weights_step(sshd: Sshd, tmp_path: Path) -> None:
+    """rsync fails (the model directory went away after `preview`): the step fails there,
+    before the manifest and the claim end are written as if the copy were complete."""
+    needs_tools("rsync", "python3")
+    key, kh = str(sshd.dir / "op"), str(sshd.dir / "known_hosts")
+    config = _config(tmp_path, address="127.0.0.1", port=sshd.port, key=key, known_hosts=kh)
+    dep = _render(tmp_path, config, key, kh)
+    (tmp_path / "host").mkdir()
+    (tmp_path / "model").rename(tmp_path / "model-moved")
+    fetch = dep.hosts[0].weights.fetch_local
+    assert fetch is not None
+    proc = run_script(fetch)
+    assert proc.returncode != 0
+    assert not (tmp_path / "host" / "models" / "tiny" / MANIFEST).exists()

@@ -9,7 +9,9 @@ Expected values are written from the config below and the plan, not from the ren
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -440,3 +442,48 @@ def test_ssh_targets_carry_the_timeout_and_the_bastion_port(tmp_path: Path) -> N
         "jump",
         2200,
     )
+
+
+def test_the_image_comes_from_the_tarball_or_the_registry_never_both(tmp_path: Path) -> None:
+    config = base_config(tmp_path, hosts=1)
+    dep, _, _ = render(tmp_path, config)
+    pulled = dep.hosts[0].scripts
+    assert pulled.image_pull is not None and pulled.image_load_local is None
+    assert dep.image_id is None
+    image_id = "sha256:" + "ab" * 32
+    manifest = json.dumps([{"Config": f"blobs/sha256/{image_id[7:]}", "RepoTags": ["eng:1"]}])
+    with tarfile.open(tmp_path / "image.tar", "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(manifest)
+        tar.addfile(info, io.BytesIO(manifest.encode()))
+    config["image"]["tarball"] = "image.tar"
+    dep, _, _ = render(tmp_path, config)
+    loaded = dep.hosts[0].scripts
+    assert loaded.image_pull is None and loaded.image_load_local is not None
+    assert dep.image_id == image_id
+
+
+@pytest.mark.parametrize("backend", ["ray", "mp"])
+def test_the_cluster_layout_names_every_serving_host_and_the_join_timeout(
+    tmp_path: Path, backend: str
+) -> None:
+    config = base_config(tmp_path, hosts=2)
+    config["serving"].update(
+        distributed_backend=backend,
+        ready_timeout_s=345,
+        infiniband={"enabled": True, "hca": "mlx5_0,mlx5_1"},
+    )
+    dep, _, _ = render(tmp_path, config)
+    assert dep.ready_timeout_s == 345
+    if backend == "ray":
+        assert dep.layout is not None and dep.multi_node is None
+        assert dep.layout.nodes == {"n1": "10.9.0.1", "n2": "10.9.0.2"}
+        assert dep.layout.join_timeout_s == 345
+    else:
+        assert dep.multi_node is not None and dep.layout is None
+        assert dep.multi_node.nodes == (("n1", "10.9.0.1"), ("n2", "10.9.0.2"))
+        assert dep.multi_node.join_timeout_s == 345
+    assert [hd.node.infiniband_hca for hd in dep.hosts] == ["mlx5_0,mlx5_1"] * 2
+    config["serving"]["infiniband"] = {"enabled": False}  # hca without enabled is refused
+    dep, _, _ = render(tmp_path, config)
+    assert [hd.node.infiniband_hca for hd in dep.hosts] == [None, None]
