@@ -36,6 +36,7 @@ from components.render.shell import (
     PreflightSpec,
     StorageSpec,
 )
+from components.render.ssh import SshTarget
 from components.settings import load_settings
 
 OWNER = "vllm-cluster/t"
@@ -487,3 +488,12 @@ def test_the_cluster_layout_names_every_serving_host_and_the_join_timeout(
     config["serving"]["infiniband"] = {"enabled": False}  # hca without enabled is refused
     dep, _, _ = render(tmp_path, config)
     assert [hd.node.infiniband_hca for hd in dep.hosts] == [None, None]
+
+
+def test_a_script_that_would_end_its_own_heredoc_is_refused() -> None:
+    target = SshTarget("10.0.0.1", "root", 22, "/k", "/kh")
+    with pytest.raises(ValueError, match=r"^heredoc tag VLLM_CLUSTER_SCRIPT occurs in the script$"):
+        deployment.run_over_ssh(target, "echo a\nVLLM_CLUSTER_SCRIPT\necho b")
+    assert deployment.run_over_ssh(target, "echo a").endswith(
+        "<<'VLLM_CLUSTER_SCRIPT'\necho a\nVLLM_CLUSTER_SCRIPT\n"
+    )

@@ -353,3 +353,26 @@ def test_renderer_guards_name_what_they_refuse(make: Callable[[], str], message:
     assert str(info.value).startswith(f"{message} ") or str(info.value).startswith(f"{message}:"), (
         str(info.value)
     )
+
+
+def test_every_step_finds_sbin_tools_and_parses_c_locale_output() -> None:
+    """Non-login SSH sessions of non-root users often lack the sbin directories (blkid, mkfs,
+    losetup, ip, ss); tools' output is parsed in the C locale."""
+    script = shell.image_delete("n1", "eng:1")
+    head = script[: script.index("\ndie() ") + 1]
+    proc = subprocess.run(
+        ["bash", "-c", head + 'printf "%s\\n%s\\n" "$PATH" "$LC_ALL"'],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "LC_ALL": "de_DE.UTF-8"},
+    )
+    path, lc_all = proc.stdout.splitlines()
+    assert path.split(":")[:2] == ["/usr/bin", "/bin"]  # the user's PATH first
+    assert {"/usr/sbin", "/sbin"} <= set(path.split(":"))
+    assert lc_all == "C"
+
+
+def test_a_heredoc_refuses_text_that_would_end_it_early() -> None:
+    with pytest.raises(ValueError, match=r"^heredoc tag VLLM_CLUSTER_EOF occurs in the text$"):
+        heredoc("a\nVLLM_CLUSTER_EOF\nb")
+    assert heredoc("a\n  b\n\n") == ("<<'VLLM_CLUSTER_EOF'", "a\n  b\nVLLM_CLUSTER_EOF\n")

@@ -121,6 +121,8 @@ def test_verify_without_config_or_weights(tmp_path: Path) -> None:
         ("j@[fd00::1]:2200", "2200", "j@fd00::1"),
         ("j@[fd00::1]", "22", "j@fd00::1"),
         ("j@fd00::1", "22", "j@fd00::1"),
+        # A link-local address with its zone: ssh would expand a single % as a token.
+        ("j@[fe80::1%eth0]:22", "22", "j@fe80::1%%eth0"),
     ],
 )
 def test_the_bastion_hop_connects_to_the_bastions_address_and_port(
