@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import shlex
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,13 @@ from components.render.deployment import Deployment, render_deployment
 from components.render.operator_files import OperatorFiles
 from components.render.shell import MANIFEST
 from components.settings import load_settings
+from tests.tiny_model import TINY_CONFIG
 
 from .conftest import Sshd, needs_tools, run_script, sha256_file, write_exe
 
 pytestmark = pytest.mark.scripts
 
 OWNER = "vllm-cluster/op-steps"
-TINY_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "num_hidden_layers": 2,
-    "vocab_size": 512,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
 
 
 def _render(tmp: Path, config: dict[str, Any], key: str, known_hosts: str) -> Deployment:
@@ -158,14 +146,24 @@ def _debs_config(tmp: Path) -> dict[str, Any]:
     return config
 
 
-def test_deb_copy_sends_nothing_to_a_host_that_has_docker(tmp_path: Path, fake_bin: Path) -> None:
+def _run_deb_copy(
+    tmp_path: Path, fake_bin: Path, *, dockerd: bool, lose: str | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Render the .deb copy step, optionally delete the .deb `lose` (gone between preview
+    and up), run it with the recording ssh; (process, directory of recorded calls)."""
     dep = _render(tmp_path, _debs_config(tmp_path), "id", "kh")
     script = dep.hosts[0].scripts.deb_copy_local
     assert script is not None
+    if lose:
+        (tmp_path / "debs" / lose).unlink()
     log = tmp_path / "ssh-log"
     log.mkdir()
-    _fake_ssh(fake_bin, log, dockerd=True)
-    proc = run_script(script, path_prefix=fake_bin)
+    _fake_ssh(fake_bin, log, dockerd=dockerd)
+    return run_script(script, path_prefix=fake_bin), log
+
+
+def test_deb_copy_sends_nothing_to_a_host_that_has_docker(tmp_path: Path, fake_bin: Path) -> None:
+    proc, log = _run_deb_copy(tmp_path, fake_bin, dockerd=True)
     assert proc.returncode == 0, proc.stderr
     assert "[n1] docker: present, the .deb files are not sent" in proc.stderr
     assert sorted(p.name for p in log.iterdir()) == ["0"]  # only the check ran
@@ -174,13 +172,7 @@ def test_deb_copy_sends_nothing_to_a_host_that_has_docker(tmp_path: Path, fake_b
 def test_deb_copy_sends_exactly_the_deb_files_to_a_host_without_docker(
     tmp_path: Path, fake_bin: Path
 ) -> None:
-    dep = _render(tmp_path, _debs_config(tmp_path), "id", "kh")
-    script = dep.hosts[0].scripts.deb_copy_local
-    assert script is not None
-    log = tmp_path / "ssh-log"
-    log.mkdir()
-    _fake_ssh(fake_bin, log, dockerd=False)
-    proc = run_script(script, path_prefix=fake_bin)
+    proc, log = _run_deb_copy(tmp_path, fake_bin, dockerd=False)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in log.iterdir()) == ["0", "1"]
     with tarfile.open(fileobj=io.BytesIO((log / "1" / "stdin").read_bytes())) as tar:
@@ -198,14 +190,7 @@ def test_deb_copy_sends_exactly_the_deb_files_to_a_host_without_docker(
 
 
 def test_deb_copy_fails_when_a_deb_file_cannot_be_read(tmp_path: Path, fake_bin: Path) -> None:
-    dep = _render(tmp_path, _debs_config(tmp_path), "id", "kh")
-    script = dep.hosts[0].scripts.deb_copy_local
-    assert script is not None
-    (tmp_path / "debs" / "docker.io_26.1_amd64.deb").unlink()  # gone between plan and copy
-    log = tmp_path / "ssh-log"
-    log.mkdir()
-    _fake_ssh(fake_bin, log, dockerd=False)
-    proc = run_script(script, path_prefix=fake_bin)
+    proc, _ = _run_deb_copy(tmp_path, fake_bin, dockerd=False, lose="docker.io_26.1_amd64.deb")
     assert proc.returncode != 0, "a partial .deb copy was reported as success"
 
 

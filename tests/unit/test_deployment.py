@@ -38,23 +38,12 @@ from components.render.shell import (
 )
 from components.render.ssh import SshTarget
 from components.settings import load_settings
+from tests.tiny_model import TINY_CONFIG as _TINY
 
 OWNER = "vllm-cluster/t"
+# Six layers: up to PP 3 (one layer per stage at least) in the fan-out test.
+TINY_CONFIG = {**_TINY, "num_hidden_layers": 6}
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBlahBlahBlahBlahBlahBlahBlahBlahBlahBlahBlah"
-TINY_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "num_hidden_layers": 6,
-    "vocab_size": 512,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
 SPIED = (
     "preflight",
     "storage",

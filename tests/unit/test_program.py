@@ -21,23 +21,10 @@ from typing import Any
 import pulumi
 import pytest
 
+from tests.tiny_model import TINY_CONFIG
 from tests.unit.pulumi_mocks import RecordingMocks, is_secret, reveal
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_CONFIG = {
-    "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "num_hidden_layers": 2,
-    "vocab_size": 512,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-}
 IMAGE_ID = "sha256:" + "ab" * 32
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBlahBlahBlahBlahBlahBlahBlahBlahBlahBlahBlah"
 
